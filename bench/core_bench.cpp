@@ -1,0 +1,246 @@
+// Core benchmark: the dedup core (parse, fingerprint, claim, write, store result) against the raw
+// Postgres limit for the same rows, measured in one run on one connection with the same batch
+// size. Prints one `name: value` line per figure. Usage:
+//   dedup_bench_core --db CONNINFO [--commands 100000] [--batches 100,1000]
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <pqxx/pqxx>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dedup/postgres.hpp"
+#include "dedup/processor.hpp"
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// Sums the time spent inside KeyStore::apply, to split client-side work from the database's.
+class StoreTimer final : public dedup::Observer {
+ public:
+  void on_store_transaction(double seconds) override { total += seconds; }
+  double total = 0;
+};
+
+struct Options {
+  std::string db;
+  int commands = 100'000;
+  std::vector<int> batches = {100, 1000};
+};
+
+Options parse_args(int argc, char** argv) {
+  Options options;
+  if (const char* db = std::getenv("DEDUP_BENCH_DB")) options.db = db;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--db") {
+      options.db = value();
+    } else if (arg == "--commands") {
+      options.commands = std::stoi(value());
+    } else if (arg == "--batches") {
+      options.batches.clear();
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) options.batches.push_back(std::stoi(item));
+    } else {
+      throw std::runtime_error("unknown argument " + arg);
+    }
+  }
+  if (options.db.empty()) throw std::runtime_error("--db (or DEDUP_BENCH_DB) is required");
+  return options;
+}
+
+void exec(const std::string& db, const std::string& sql) {
+  pqxx::connection c(db);
+  pqxx::work txn(c);
+  txn.exec(sql);
+  txn.commit();
+}
+
+// A fresh schema with the dedup tables and a todos table.
+void reset_schema(const std::string& db, const std::string& schema) {
+  exec(db, "DROP SCHEMA IF EXISTS " + schema + " CASCADE");
+  dedup::migrate(db, schema);
+  exec(db, "CREATE TABLE " + schema +
+               ".todos (id bigserial PRIMARY KEY, title text NOT NULL, description text)");
+  pqxx::connection c(db);
+  pqxx::nontransaction(c).exec("VACUUM ANALYZE");
+}
+
+std::string key_of(int i) { return fmt::format("bench-key-{:08}", i); }
+
+json body_of(int i) {
+  return {{"idempotency_key", key_of(i)},
+          {"scope", fmt::format("org-{}", i % 100)},
+          {"type", "todo.create"},
+          {"payload", {{"title", fmt::format("Todo number {}", i)}, {"description", "From the benchmark"}}}};
+}
+
+// Records for `count` commands; `round` shifts the offsets so a second round is a different
+// record carrying the same key (a duplicate, not a redelivery).
+std::vector<dedup::InboundRecord> make_records(int count, int round) {
+  std::vector<dedup::InboundRecord> records;
+  records.reserve(count);
+  for (int i = 0; i < count; ++i) {
+    dedup::InboundRecord record;
+    record.source = {"commands", 0, static_cast<std::int64_t>(round) * count + i};
+    record.value = body_of(i).dump();
+    records.push_back(std::move(record));
+  }
+  return records;
+}
+
+// Seconds the core takes for records[from, to), in batches of `batch`.
+double time_core(dedup::Processor& processor, const std::vector<dedup::InboundRecord>& records,
+                 std::size_t from, std::size_t to, std::size_t batch, dedup::Status expected) {
+  const auto start = Clock::now();
+  for (std::size_t offset = from; offset < to; offset += batch) {
+    const auto size = std::min(batch, to - offset);
+    for (const auto& result : processor.process(std::span(records).subspan(offset, size))) {
+      if (result.status != expected) {
+        throw std::runtime_error("unexpected result: " + result.to_json().dump());
+      }
+    }
+  }
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The raw limit: per batch, one multi-row INSERT ... ON CONFLICT DO NOTHING of the final key rows
+// (with their result) and one of the entity rows, in one transaction. Statements are built before
+// the clock starts, so only Postgres (and the wire) is measured.
+std::vector<std::string> raw_statements(const std::string& schema, int count, int batch,
+                                        pqxx::connection& c) {
+  std::vector<std::string> statements;
+  pqxx::nontransaction quoter(c);
+  for (int start = 0; start < count; start += batch) {
+    std::string keys = "INSERT INTO " + schema +
+                       ".idempotency_keys (scope, idempotency_key, command_type, fingerprint, status, "
+                       "result, created_at, expires_at, source_topic, source_partition, "
+                       "source_offset) VALUES ";
+    std::string todos = "INSERT INTO " + schema + ".todos (id, title, description) VALUES ";
+    for (int i = start; i < std::min(count, start + batch); ++i) {
+      const auto body = body_of(i);
+      const auto fingerprint =
+          dedup::to_hex(dedup::command_fingerprint("todo.create", body["payload"]));
+      json entity = body["payload"];
+      entity["id"] = i + 1;
+      const char* sep = i == start ? "" : ",";
+      keys += fmt::format(
+          "{}({},{},'todo.create',decode('{}','hex'),'created',{}::jsonb,now(),"
+          "now()+interval '7 days','commands',0,{})",
+          sep, quoter.quote(body["scope"].get<std::string>()), quoter.quote(key_of(i)), fingerprint,
+          quoter.quote(json{{"entity", entity}, {"error", nullptr}}.dump()), i);
+      todos += fmt::format("{}({},{},{})", sep, i + 1, quoter.quote(entity["title"].get<std::string>()),
+                           quoter.quote(entity["description"].get<std::string>()));
+    }
+    statements.push_back(keys + " ON CONFLICT DO NOTHING; " + todos + " ON CONFLICT DO NOTHING");
+  }
+  return statements;
+}
+
+// Seconds raw Postgres takes for statements[from, to).
+double time_raw(pqxx::connection& c, const std::vector<std::string>& statements, std::size_t from,
+                std::size_t to) {
+  const auto start = Clock::now();
+  for (std::size_t i = from; i < to; ++i) {
+    pqxx::work txn(c);
+    txn.exec(statements[i]);
+    txn.commit();
+  }
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Core and raw, alternating in chunks of kChunks-th of the work, so both see the same machine:
+// on a shared, noisy machine a ratio of two separate phases measures the noise.
+constexpr std::size_t kChunks = 20;
+
+struct Pair {
+  double core_per_second;
+  double raw_per_second;
+};
+
+Pair race_core_and_raw(dedup::Processor& processor, const std::vector<dedup::InboundRecord>& records,
+                       dedup::Status expected, pqxx::connection& raw,
+                       const std::vector<std::string>& statements, std::size_t batch) {
+  double core_seconds = 0;
+  double raw_seconds = 0;
+  for (std::size_t chunk = 0; chunk < kChunks; ++chunk) {
+    const std::size_t batches_from = statements.size() * chunk / kChunks;
+    const std::size_t batches_to = statements.size() * (chunk + 1) / kChunks;
+    core_seconds += time_core(processor, records, std::min(records.size(), batches_from * batch),
+                              std::min(records.size(), batches_to * batch), batch, expected);
+    raw_seconds += time_raw(raw, statements, batches_from, batches_to);
+  }
+  return {static_cast<double>(records.size()) / core_seconds,
+          static_cast<double>(records.size()) / raw_seconds};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const auto options = parse_args(argc, argv);
+  const std::string core_schema = "bench_core";
+  const std::string raw_schema = "bench_raw";
+  std::cout << "commands: " << options.commands << "\n";
+  std::cout << "connections: 1\n";
+
+  double worst_unique_ratio = 1e9;
+  double worst_duplicate_ratio = 1e9;
+  for (const int batch : options.batches) {
+    // Core: unique commands, then the same keys again from other records (duplicates). Raw: the
+    // same rows, same batch size, one connection, inserted and then inserted again.
+    reset_schema(options.db, core_schema);
+    reset_schema(options.db, raw_schema);
+    const auto catalog = dedup::CommandCatalog::from_yaml(
+        "commands:\n  todo.create:\n    table: " + core_schema + ".todos\n");
+    dedup::SystemClock clock;
+    StoreTimer observer;
+    dedup::PostgresKeyStore store({.conninfo = options.db, .schema = core_schema}, catalog);
+    dedup::Processor processor(catalog, store, clock, observer, {});
+    const auto unique_records = make_records(options.commands, 0);
+    const auto duplicate_records = make_records(options.commands, 1);
+    pqxx::connection raw(options.db);
+    const auto statements = raw_statements(raw_schema, options.commands, batch, raw);
+
+    const auto unique = race_core_and_raw(processor, unique_records, dedup::Status::created, raw,
+                                          statements, batch);
+    const double unique_store_seconds = observer.total;
+    const auto duplicate = race_core_and_raw(processor, duplicate_records, dedup::Status::duplicate,
+                                             raw, statements, batch);
+    const double core_unique = unique.core_per_second;
+    const double raw_unique = unique.raw_per_second;
+    const double core_duplicate = duplicate.core_per_second;
+    const double raw_duplicate = duplicate.raw_per_second;
+
+    const double unique_ratio = core_unique / raw_unique;
+    const double duplicate_ratio = core_duplicate / raw_duplicate;
+    worst_unique_ratio = std::min(worst_unique_ratio, unique_ratio);
+    worst_duplicate_ratio = std::min(worst_duplicate_ratio, duplicate_ratio);
+    std::cout << fmt::format("batch {} core unique commands/s: {:.0f}\n", batch, core_unique);
+    std::cout << fmt::format("batch {} raw unique rows/s: {:.0f}\n", batch, raw_unique);
+    std::cout << fmt::format("batch {} core unique ratio: {:.2f}\n", batch, unique_ratio);
+    std::cout << fmt::format("batch {} core unique share in transaction: {:.2f}\n", batch,
+                             unique_store_seconds * core_unique / options.commands);
+    std::cout << fmt::format("batch {} core duplicate commands/s: {:.0f}\n", batch, core_duplicate);
+    std::cout << fmt::format("batch {} raw duplicate rows/s: {:.0f}\n", batch, raw_duplicate);
+    std::cout << fmt::format("batch {} core duplicate ratio: {:.2f}\n", batch, duplicate_ratio);
+    std::cout.flush();
+  }
+  // Headline figures: the worst batch size, so a regression at either shows.
+  std::cout << fmt::format("core unique ratio: {:.2f}\n", worst_unique_ratio);
+  std::cout << fmt::format("core duplicate ratio: {:.2f}\n", worst_duplicate_ratio);
+  exec(options.db, "DROP SCHEMA IF EXISTS " + core_schema + " CASCADE; DROP SCHEMA IF EXISTS " +
+                       raw_schema + " CASCADE");
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "dedup_bench_core: " << e.what() << "\n";
+  return 1;
+}

@@ -1,0 +1,12 @@
+dedup_component(core
+  SOURCES
+    src/core/clock.cpp
+    src/core/command.cpp
+    src/core/config.cpp
+    src/core/duration.cpp
+    src/core/fingerprint.cpp
+    src/core/logging.cpp
+    src/core/processor.cpp
+    src/core/result.cpp
+  PUBLIC_LIBS nlohmann_json::nlohmann_json
+  PRIVATE_LIBS OpenSSL::Crypto yaml-cpp fmt::fmt spdlog::spdlog)

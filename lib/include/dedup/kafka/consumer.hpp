@@ -1,0 +1,131 @@
+// The group consumer of the commands topic: batches of InboundRecord in, explicit synchronous
+// offset commits out.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <set>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dedup/kafka/handles.hpp"
+#include "dedup/observer.hpp"
+#include "dedup/record.hpp"
+
+namespace dedup::kafka {
+
+using TopicPartition = std::pair<std::string, std::int32_t>;
+
+// The offset to commit for a partition: the next one to read (last processed + 1).
+struct PartitionOffset {
+  std::string topic;
+  std::int32_t partition = 0;
+  std::int64_t next_offset = 0;
+};
+
+// For each partition in `records`, the highest offset + 1. Never throws but std::bad_alloc.
+std::vector<PartitionOffset> next_offsets(std::span<const InboundRecord> records);
+
+// Copies a fetched message (which must not carry an error) into an InboundRecord: key, value and
+// header values keep the null / empty distinction; timestamp when the broker gave one. Throws
+// only std::bad_alloc.
+InboundRecord to_inbound_record(const rd_kafka_message_t* message);
+
+struct CommitOutcome {
+  bool ok = true;
+  std::string error;  // librdkafka's reason when !ok
+};
+
+struct ConsumerOptions {
+  std::string brokers;
+  std::string group = "dedup-worker";
+  std::vector<std::string> topics;
+  KafkaSettings settings;  // -X passthrough, applied after our defaults
+  std::string client_id = "dedup-worker";
+};
+
+class Consumer {
+ public:
+  // Creates the consumer and subscribes. Offsets are never committed or stored automatically
+  // (enable.auto.commit=false, enable.auto.offset.store=false); auto.offset.reset defaults to
+  // earliest so that the first worker of a group reads commands produced before it started.
+  // `observer` is borrowed and must outlive the consumer. Throws ConfigError("-X <key>", ...) for
+  // a bad setting or an attempt to enable auto commit, KafkaError if subscribing fails.
+  Consumer(const ConsumerOptions& options, Observer& observer);
+  // Closes (leaves the group) if close() was not called; never throws.
+  ~Consumer();
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+  Consumer(Consumer&&) = delete;
+  Consumer& operator=(Consumer&&) = delete;
+
+  // Waits up to `max_wait` for the first record, then takes whatever else is already fetched, up
+  // to `max_records` records and `max_bytes` of keys + values (at least one record, however
+  // large). Not waiting to fill the batch keeps latency low when idle; under load the fetch queue
+  // fills while a batch is processed, so batches grow by themselves. Per-partition order is kept.
+  // Rebalance callbacks run inside this call. Throws KafkaError(fatal = true) on a fatal error;
+  // other consumer errors are reported to the observer and logged.
+  std::vector<InboundRecord> poll_batch(std::size_t max_records, std::size_t max_bytes,
+                                        std::chrono::milliseconds max_wait);
+
+  // Serves the group (heartbeats are librdkafka's, but rebalances and errors are served here)
+  // for `duration` while the caller is not ready for records, e.g. during a database backoff.
+  // Records that arrive are kept, in order, for the next poll_batch. Throws as poll_batch.
+  void serve(std::chrono::milliseconds duration);
+
+  // Synchronously commits these offsets. A failure (rebalance in progress, coordinator moved,
+  // partition no longer ours) is a value: the records will be read again and their results
+  // replayed, so the caller logs it and carries on. Never throws but std::bad_alloc.
+  CommitOutcome commit(std::span<const PartitionOffset> offsets);
+
+  // Pauses / resumes fetching from every assigned partition. While paused, partitions assigned by
+  // a rebalance are paused as well. Never throw; failures are reported to the observer.
+  void pause_all() noexcept;
+  void resume_all() noexcept;
+  bool paused() const noexcept { return paused_; }
+
+  // Partitions revoked (or lost) since the last call. The caller drops in-flight records of these
+  // partitions: they will be delivered again from the committed offset to whoever owns them now.
+  std::set<TopicPartition> take_revoked();
+
+  // Number of partitions currently assigned. Thread-safe (read by /readyz).
+  std::size_t assigned_count() const noexcept { return assigned_count_.load(); }
+
+  // Reports high watermark - position for every assigned partition to the observer, from
+  // librdkafka's cached watermarks (no broker round trip). Never throws.
+  void report_lag() noexcept;
+
+  // Commits nothing, leaves the group (revoking the assignment), and closes. Idempotent. Never
+  // throws; errors are logged.
+  void close() noexcept;
+
+  // Throws KafkaError(fatal = true) if librdkafka raised a fatal error on this consumer.
+  void throw_if_fatal() const;
+
+  rd_kafka_t* handle() const noexcept { return handle_.get(); }
+
+ private:
+  static void on_rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
+                           rd_kafka_topic_partition_list_t* partitions, void* opaque);
+  void handle_rebalance(rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* partitions);
+  // One rd_kafka_consumer_poll; appends a record to stash_ or reports an error. True if a record
+  // was stashed.
+  bool poll_one(std::chrono::milliseconds timeout);
+  void forget(const std::set<TopicPartition>& partitions);
+
+  Observer& observer_;
+  HandlePtr handle_;
+  std::set<TopicPartition> assigned_;
+  std::set<TopicPartition> revoked_;
+  std::atomic<std::size_t> assigned_count_{0};
+  std::deque<InboundRecord> stash_;  // fetched but not yet handed out, in fetch order
+  bool paused_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace dedup::kafka

@@ -1,0 +1,134 @@
+// RAII for every librdkafka handle we use, the configuration keys we set, and the Kafka exception
+// type: the one place where librdkafka's C resource rules are encoded (as modern-cpp-kafka's
+// RdKafkaHelper.h does). Everything else holds these smart pointers and never calls a destroy
+// function itself.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "dedup/errors.hpp"
+
+namespace dedup::kafka {
+
+// One deleter per handle type, one line each. Destroying a consumer handle does not close the
+// consumer: Consumer calls rd_kafka_consumer_close() first, because closing can block and must
+// happen at a point the worker chooses, not in a destructor during unwinding.
+struct HandleDeleter {
+  void operator()(rd_kafka_t* p) const noexcept { rd_kafka_destroy(p); }
+};
+struct ConfDeleter {
+  void operator()(rd_kafka_conf_t* p) const noexcept { rd_kafka_conf_destroy(p); }
+};
+struct TopicPartitionListDeleter {
+  void operator()(rd_kafka_topic_partition_list_t* p) const noexcept {
+    rd_kafka_topic_partition_list_destroy(p);
+  }
+};
+struct MessageDeleter {
+  void operator()(rd_kafka_message_t* p) const noexcept { rd_kafka_message_destroy(p); }
+};
+struct HeadersDeleter {
+  void operator()(rd_kafka_headers_t* p) const noexcept { rd_kafka_headers_destroy(p); }
+};
+struct ErrorDeleter {
+  void operator()(rd_kafka_error_t* p) const noexcept { rd_kafka_error_destroy(p); }
+};
+struct TopicDeleter {
+  void operator()(rd_kafka_topic_t* p) const noexcept { rd_kafka_topic_destroy(p); }
+};
+struct MetadataDeleter {
+  void operator()(const rd_kafka_metadata_t* p) const noexcept { rd_kafka_metadata_destroy(p); }
+};
+struct MockClusterDeleter {
+  void operator()(rd_kafka_mock_cluster_t* p) const noexcept { rd_kafka_mock_cluster_destroy(p); }
+};
+
+using HandlePtr = std::unique_ptr<rd_kafka_t, HandleDeleter>;
+using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
+using TopicPartitionListPtr =
+    std::unique_ptr<rd_kafka_topic_partition_list_t, TopicPartitionListDeleter>;
+using MessagePtr = std::unique_ptr<rd_kafka_message_t, MessageDeleter>;
+using HeadersPtr = std::unique_ptr<rd_kafka_headers_t, HeadersDeleter>;
+using ErrorPtr = std::unique_ptr<rd_kafka_error_t, ErrorDeleter>;
+using TopicPtr = std::unique_ptr<rd_kafka_topic_t, TopicDeleter>;
+using MetadataPtr = std::unique_ptr<const rd_kafka_metadata_t, MetadataDeleter>;
+using MockClusterPtr = std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter>;
+
+// librdkafka configuration keys we set. Anything else reaches librdkafka only through the
+// user's `-X key=value` passthrough (TLS, SASL, tuning).
+namespace config_key {
+inline constexpr const char* kBootstrapServers = "bootstrap.servers";
+inline constexpr const char* kClientId = "client.id";
+inline constexpr const char* kGroupId = "group.id";
+inline constexpr const char* kEnableAutoCommit = "enable.auto.commit";
+inline constexpr const char* kEnableAutoOffsetStore = "enable.auto.offset.store";
+inline constexpr const char* kAutoOffsetReset = "auto.offset.reset";
+inline constexpr const char* kEnableIdempotence = "enable.idempotence";
+inline constexpr const char* kAcks = "acks";
+inline constexpr const char* kMessageTimeoutMs = "message.timeout.ms";
+inline constexpr const char* kMessageMaxBytes = "message.max.bytes";
+inline constexpr const char* kLingerMs = "linger.ms";
+inline constexpr const char* kSessionTimeoutMs = "session.timeout.ms";
+inline constexpr const char* kHeartbeatIntervalMs = "heartbeat.interval.ms";
+inline constexpr const char* kMaxPollIntervalMs = "max.poll.interval.ms";
+inline constexpr const char* kPartitionAssignmentStrategy = "partition.assignment.strategy";
+inline constexpr const char* kLogConnectionClose = "log.connection.close";
+}  // namespace config_key
+
+// librdkafka properties as `-X key=value` gives them. Ordered so that applying them is
+// deterministic and error messages come in a stable order.
+using KafkaSettings = std::map<std::string, std::string, std::less<>>;
+
+// A Kafka failure the caller cannot treat as business as usual: a handle that cannot be created,
+// a fatal error raised by librdkafka (producer fenced, idempotence guarantee broken), a subscribe
+// that is refused. Per-message delivery failures and failed commits are values, not this.
+class KafkaError : public Error {
+ public:
+  KafkaError(const std::string& what, rd_kafka_resp_err_t code, bool fatal = false)
+      : Error(what + " (" + rd_kafka_err2name(code) + ")"), code_(code), fatal_(fatal) {}
+  rd_kafka_resp_err_t code() const noexcept { return code_; }
+  // True for rd_kafka_fatal_error(): the handle is unusable and the worker must stop.
+  bool fatal() const noexcept { return fatal_; }
+
+ private:
+  rd_kafka_resp_err_t code_;
+  bool fatal_;
+};
+
+// A new configuration object with `settings` applied in order. Throws ConfigError("-X <key>",
+// librdkafka's message) for an unknown key or a bad value.
+ConfPtr make_conf(const KafkaSettings& settings);
+
+// Sets one property. Throws ConfigError("-X <key>", ...) when librdkafka refuses it.
+void set_conf(rd_kafka_conf_t* conf, std::string_view key, std::string_view value);
+
+// The value of `key` in `settings`, or nullptr.
+const std::string* find_setting(const KafkaSettings& settings, std::string_view key);
+
+// Creates a client handle; takes ownership of `conf` only on success (librdkafka's rule, hidden
+// here). Throws ConfigError("-X", ...) when librdkafka rejects the configuration as a whole
+// (e.g. an inconsistent security setup).
+HandlePtr make_handle(rd_kafka_type_t type, ConfPtr conf);
+
+// A partition list with capacity for `size` entries (never null; throws std::bad_alloc).
+TopicPartitionListPtr make_partition_list(int size);
+
+// The names of the cluster's topics, or nullopt when the brokers did not answer within `timeout`.
+// Asks for all topics (never for one by name, which can auto-create it on some brokers).
+// Throws only std::bad_alloc.
+std::optional<std::vector<std::string>> list_topics(rd_kafka_t* rk, std::chrono::milliseconds timeout);
+
+// Throws KafkaError(fatal = true) if librdkafka raised a fatal error on `rk`.
+void throw_if_fatal(rd_kafka_t* rk);
+
+}  // namespace dedup::kafka

@@ -1,0 +1,44 @@
+// The transport-neutral view of one input record: what Kafka delivered, or what a test or the
+// benchmark feeds in directly.
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dedup {
+
+// Where a record was read from. The key store remembers the position of the record that claimed a
+// key, so that reading that very record again (after a crash) republishes its original result.
+struct SourcePosition {
+  std::string topic;
+  std::int32_t partition = 0;
+  std::int64_t offset = 0;
+
+  friend auto operator<=>(const SourcePosition&, const SourcePosition&) = default;
+};
+
+struct RecordHeader {
+  std::string name;
+  std::optional<std::string> value;  // bytes; nullopt for a header with a null value
+};
+
+struct InboundRecord {
+  SourcePosition source;
+  std::optional<std::string> key;    // bytes, nullopt for a null key
+  std::optional<std::string> value;  // bytes, nullopt for a null value (tombstone)
+  std::vector<RecordHeader> headers;
+  std::optional<std::int64_t> timestamp_ms;  // record timestamp (create or log-append time)
+
+  // The value of the first header with this name, if any.
+  const RecordHeader* find_header(std::string_view name) const {
+    for (const auto& header : headers) {
+      if (header.name == name) return &header;
+    }
+    return nullptr;
+  }
+};
+
+}  // namespace dedup

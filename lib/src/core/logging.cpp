@@ -1,0 +1,225 @@
+#include "dedup/logging.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "dedup/errors.hpp"
+
+namespace dedup {
+namespace {
+
+using json = nlohmann::json;
+
+// log_event() passes fields to the formatter inside the payload, after this separator, so that
+// plain spdlog calls elsewhere in the process still format (they just have no fields).
+constexpr char kFieldSeparator = '\x1f';
+
+std::string iso_time(spdlog::log_clock::time_point time) {
+  return format_timestamp(std::chrono::time_point_cast<std::chrono::microseconds>(time));
+}
+
+class StructuredFormatter final : public spdlog::formatter {
+ public:
+  explicit StructuredFormatter(bool as_json) : as_json_(as_json) {}
+
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const std::string_view payload(msg.payload.data(), msg.payload.size());
+    const auto split = payload.find(kFieldSeparator);
+    const auto message = payload.substr(0, split);
+    json fields = json::object();
+    if (split != std::string_view::npos) {
+      fields = json::parse(payload.substr(split + 1), nullptr, /*allow_exceptions=*/false);
+      if (!fields.is_object()) fields = json::object();
+    }
+    const auto level = spdlog::level::to_string_view(msg.level);
+    std::string line;
+    if (as_json_) {
+      json record = {{"ts", iso_time(msg.time)},
+                     {"level", std::string_view(level.data(), level.size())},
+                     {"msg", message}};
+      for (auto& [key, value] : fields.items()) record[key] = std::move(value);
+      line = record.dump(-1, ' ', false, json::error_handler_t::replace);
+    } else {
+      line = fmt::format("{} {:<5} {}", iso_time(msg.time), std::string_view(level.data(), level.size()),
+                         message);
+      for (const auto& [key, value] : fields.items()) {
+        line += fmt::format(" {}={}", key,
+                            value.is_string() ? value.get<std::string>()
+                                              : value.dump(-1, ' ', false, json::error_handler_t::replace));
+      }
+    }
+    line += '\n';
+    dest.append(line.data(), line.data() + line.size());
+  }
+
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<StructuredFormatter>(as_json_);
+  }
+
+ private:
+  bool as_json_;
+};
+
+spdlog::level::level_enum to_spdlog(LogLevel level) {
+  switch (level) {
+    case LogLevel::trace: return spdlog::level::trace;
+    case LogLevel::debug: return spdlog::level::debug;
+    case LogLevel::info: return spdlog::level::info;
+    case LogLevel::warn: return spdlog::level::warn;
+    case LogLevel::error: return spdlog::level::err;
+    case LogLevel::critical: return spdlog::level::critical;
+  }
+  return spdlog::level::info;
+}
+
+json result_fields(const CommandResult& result) {
+  json fields = {{"status", to_string(result.status)},
+                 {"partition", result.source.partition},
+                 {"offset", result.source.offset}};
+  if (result.scope) fields["scope"] = *result.scope;
+  if (result.idempotency_key) fields["key"] = *result.idempotency_key;
+  if (result.type) fields["type"] = *result.type;
+  if (result.entity.is_object() && result.entity.contains("id")) fields["entity_id"] = result.entity["id"];
+  return fields;
+}
+
+}  // namespace
+
+void configure_logging(std::string_view level, std::string_view format) {
+  if (format != "json" && format != "text") {
+    throw ConfigError("--log-format", fmt::format("'{}' is not json or text", format));
+  }
+  const auto parsed = spdlog::level::from_str(std::string(level));
+  if (spdlog::level::to_string_view(parsed) != level && !(level == "warn" && parsed == spdlog::level::warn)) {
+    throw ConfigError("--log-level", fmt::format("'{}' is not trace, debug, info, warn or error", level));
+  }
+  auto logger = std::make_shared<spdlog::logger>("dedup", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  logger->set_formatter(std::make_unique<StructuredFormatter>(format == "json"));
+  logger->set_level(parsed);
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(std::move(logger));
+}
+
+void log_event(LogLevel level, std::string_view message, const json& fields) {
+  const auto spd = to_spdlog(level);
+  if (!spdlog::default_logger_raw()->should_log(spd)) return;
+  std::string payload(message);
+  if (!fields.empty()) {
+    payload += kFieldSeparator;
+    payload += fields.dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+  spdlog::default_logger_raw()->log(spd, "{}", payload);
+}
+
+RateLimiter::RateLimiter(double per_second)
+    : per_second_(per_second), tokens_(per_second), last_(std::chrono::steady_clock::now()) {}
+
+bool RateLimiter::allow(std::size_t& suppressed) {
+  std::lock_guard lock(mutex_);
+  const auto now = std::chrono::steady_clock::now();
+  tokens_ = std::min(per_second_,
+                     tokens_ + per_second_ * std::chrono::duration<double>(now - last_).count());
+  last_ = now;
+  if (tokens_ < 1.0) {
+    ++held_back_;
+    return false;
+  }
+  tokens_ -= 1.0;
+  suppressed = std::exchange(held_back_, 0);
+  return true;
+}
+
+LoggingObserver::LoggingObserver(double per_second)
+    : replays_(per_second), mismatches_(per_second), rejections_(per_second), db_errors_(per_second) {}
+
+void LoggingObserver::on_db_error(DbErrorKind kind) {
+  std::size_t suppressed = 0;
+  if (!db_errors_.allow(suppressed)) return;
+  log_event(kind == DbErrorKind::transient ? LogLevel::warn : LogLevel::error,
+            kind == DbErrorKind::transient ? "database attempt failed; the batch is retried"
+                                           : "database failure that a retry cannot cure",
+            {{"kind", kind == DbErrorKind::transient ? "transient" : "permanent"},
+             {"suppressed", suppressed}});
+}
+
+void LoggingObserver::on_keys_expired(std::size_t count) {
+  if (count > 0) log_event(LogLevel::info, "expired keys deleted", {{"count", count}});
+}
+
+void LoggingObserver::on_result_published(const CommandResult& result, double /*e2e*/) {
+  std::size_t suppressed = 0;
+  auto fields = [&] {
+    auto f = result_fields(result);
+    if (suppressed > 0) f["suppressed_before"] = suppressed;
+    return f;
+  };
+  if (result.cross_scope_key_reuse) {
+    // Security-relevant and rare: never rate limited.
+    log_event(LogLevel::warn, "idempotency key already used under another scope", result_fields(result));
+  }
+  switch (result.status) {
+    case Status::created:
+      log_event(LogLevel::info, "entity created", result_fields(result));
+      break;
+    case Status::duplicate:
+    case Status::conflict:
+      if (result.status == Status::conflict && !result.replayed) {
+        auto f = result_fields(result);
+        f["constraint"] = result.error.value("constraint", json());
+        log_event(LogLevel::info, "command conflicts with existing data", f);
+      } else if (replays_.allow(suppressed)) {
+        log_event(LogLevel::info, "replayed stored result", fields());
+      }
+      break;
+    case Status::key_reused:
+      if (mismatches_.allow(suppressed)) {
+        log_event(LogLevel::info, "idempotency key reused with a different payload", fields());
+      }
+      break;
+    case Status::rejected:
+      if (rejections_.allow(suppressed)) {
+        auto f = fields();
+        if (result.rejection) {
+          f["reason"] = to_string(result.rejection->code);
+          f["error"] = result.rejection->message;
+        }
+        log_event(LogLevel::warn, "record rejected and dead-lettered", f);
+      }
+      break;
+  }
+}
+
+void LoggingObserver::on_kafka_error(std::string_view what) {
+  log_event(LogLevel::warn, "kafka error", {{"error", what}});
+}
+
+void FanOutObserver::on_batch(std::size_t records) {
+  for (auto* o : observers_) o->on_batch(records);
+}
+void FanOutObserver::on_store_transaction(double seconds) {
+  for (auto* o : observers_) o->on_store_transaction(seconds);
+}
+void FanOutObserver::on_db_error(DbErrorKind kind) {
+  for (auto* o : observers_) o->on_db_error(kind);
+}
+void FanOutObserver::on_keys_expired(std::size_t count) {
+  for (auto* o : observers_) o->on_keys_expired(count);
+}
+void FanOutObserver::on_result_published(const CommandResult& result, double seconds) {
+  for (auto* o : observers_) o->on_result_published(result, seconds);
+}
+void FanOutObserver::on_kafka_error(std::string_view what) {
+  for (auto* o : observers_) o->on_kafka_error(what);
+}
+void FanOutObserver::on_consumer_lag(std::int32_t partition, std::int64_t lag) {
+  for (auto* o : observers_) o->on_consumer_lag(partition, lag);
+}
+void FanOutObserver::on_partition_revoked(std::int32_t partition) {
+  for (auto* o : observers_) o->on_partition_revoked(partition);
+}
+
+}  // namespace dedup

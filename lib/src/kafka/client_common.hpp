@@ -1,0 +1,29 @@
+// Private helpers shared by the consumer and the producer.
+#pragma once
+
+#include <string_view>
+
+#include "dedup/kafka/handles.hpp"
+#include "dedup/observer.hpp"
+
+namespace dedup::kafka::detail {
+
+// Routes librdkafka's log lines (emitted from its own threads) to spdlog, at the matching level.
+void install_log_callback(rd_kafka_conf_t* conf);
+
+// A new conf: `defaults`, then the user's `settings`, then the `forced` ones, which carry the
+// delivery guarantees. Throws ConfigError("-X <key>", ...) for a bad setting or a user setting
+// that changes a forced property (under any alias) to another value.
+struct Forced {
+  const char* key;
+  const char* value;
+  const char* why;
+};
+ConfPtr build_conf(const KafkaSettings& defaults, const KafkaSettings& settings,
+                   std::initializer_list<Forced> forced);
+
+// Logs and reports an error raised by librdkafka's error callback. Fatal errors are only logged
+// here; the worker loop sees them through throw_if_fatal and stops.
+void report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char* reason) noexcept;
+
+}  // namespace dedup::kafka::detail

@@ -1,0 +1,312 @@
+#include "dedup/kafka/consumer.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include <spdlog/spdlog.h>
+
+#include "kafka/client_common.hpp"
+
+namespace dedup::kafka {
+namespace {
+
+constexpr const char* kDefaultAutoOffsetReset = "earliest";
+constexpr auto kPollSlice = std::chrono::milliseconds(100);
+
+std::string bytes(const void* data, std::size_t size) {
+  return {static_cast<const char*>(data), size};
+}
+
+}  // namespace
+
+InboundRecord to_inbound_record(const rd_kafka_message_t* message) {
+  InboundRecord record;
+  record.source.topic = rd_kafka_topic_name(message->rkt);
+  record.source.partition = message->partition;
+  record.source.offset = message->offset;
+  // librdkafka gives a null pointer for a null key/value and a non-null one (size 0) for empty.
+  if (message->key != nullptr) record.key = bytes(message->key, message->key_len);
+  if (message->payload != nullptr) record.value = bytes(message->payload, message->len);
+  rd_kafka_headers_t* headers = nullptr;  // owned by the message
+  if (rd_kafka_message_headers(message, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    const char* name = nullptr;
+    const void* value = nullptr;
+    std::size_t size = 0;
+    for (std::size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) ==
+                            RD_KAFKA_RESP_ERR_NO_ERROR;
+         ++i) {
+      RecordHeader header{name, std::nullopt};
+      if (value != nullptr) header.value = bytes(value, size);
+      record.headers.push_back(std::move(header));
+    }
+  }
+  rd_kafka_timestamp_type_t type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+  const std::int64_t timestamp = rd_kafka_message_timestamp(message, &type);
+  if (type != RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && timestamp >= 0) record.timestamp_ms = timestamp;
+  return record;
+}
+
+namespace {
+
+std::size_t record_bytes(const InboundRecord& record) {
+  return (record.key ? record.key->size() : 0) + (record.value ? record.value->size() : 0);
+}
+
+std::set<TopicPartition> to_set(const rd_kafka_topic_partition_list_t* list) {
+  std::set<TopicPartition> out;
+  for (int i = 0; list != nullptr && i < list->cnt; ++i) {
+    out.emplace(list->elems[i].topic, list->elems[i].partition);
+  }
+  return out;
+}
+
+bool cooperative(rd_kafka_t* rk) {
+  return std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+}
+
+}  // namespace
+
+std::vector<PartitionOffset> next_offsets(std::span<const InboundRecord> records) {
+  std::map<TopicPartition, std::int64_t> highest;
+  for (const InboundRecord& r : records) {
+    auto [it, inserted] = highest.try_emplace({r.source.topic, r.source.partition}, r.source.offset);
+    if (!inserted) it->second = std::max(it->second, r.source.offset);
+  }
+  std::vector<PartitionOffset> out;
+  out.reserve(highest.size());
+  for (const auto& [tp, offset] : highest) out.push_back({tp.first, tp.second, offset + 1});
+  return out;
+}
+
+Consumer::Consumer(const ConsumerOptions& options, Observer& observer) : observer_(observer) {
+  const KafkaSettings defaults{
+      {config_key::kBootstrapServers, options.brokers},
+      {config_key::kClientId, options.client_id},
+      {config_key::kGroupId, options.group},
+      {config_key::kAutoOffsetReset, kDefaultAutoOffsetReset},
+  };
+  ConfPtr conf = detail::build_conf(
+      defaults, options.settings,
+      {{config_key::kEnableAutoCommit, "false",
+        "offsets are committed only after results are acknowledged (SPEC §4)"},
+       {config_key::kEnableAutoOffsetStore, "false",
+        "offsets are committed explicitly, never from the position"}});
+  rd_kafka_conf_set_opaque(conf.get(), this);
+  rd_kafka_conf_set_rebalance_cb(conf.get(), &Consumer::on_rebalance);
+  rd_kafka_conf_set_error_cb(conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
+    detail::report_client_error(rk, static_cast<Consumer*>(self)->observer_, err, reason);
+  });
+  handle_ = make_handle(RD_KAFKA_CONSUMER, std::move(conf));
+  // Error and log events are then served by consumer_poll, on the worker thread.
+  rd_kafka_poll_set_consumer(handle_.get());
+
+  TopicPartitionListPtr topics = make_partition_list(static_cast<int>(options.topics.size()));
+  for (const std::string& topic : options.topics) {
+    rd_kafka_topic_partition_list_add(topics.get(), topic.c_str(), RD_KAFKA_PARTITION_UA);
+  }
+  const rd_kafka_resp_err_t err = rd_kafka_subscribe(handle_.get(), topics.get());
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) throw KafkaError("cannot subscribe", err);
+}
+
+Consumer::~Consumer() { close(); }
+
+void Consumer::on_rebalance(rd_kafka_t* /*rk*/, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t* partitions, void* self) {
+  try {
+    static_cast<Consumer*>(self)->handle_rebalance(err, partitions);
+  } catch (const std::exception& e) {
+    // Only std::bad_alloc can get here; nothing may unwind through librdkafka.
+    spdlog::critical("kafka rebalance callback failed: {}", e.what());
+  }
+}
+
+void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
+                                rd_kafka_topic_partition_list_t* partitions) {
+  rd_kafka_t* rk = handle_.get();
+  const bool incremental = cooperative(rk);
+  const std::set<TopicPartition> changed = to_set(partitions);
+
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    if (incremental) {
+      ErrorPtr error(rd_kafka_incremental_assign(rk, partitions));
+      if (error) observer_.on_kafka_error(rd_kafka_error_name(error.get()));
+    } else {
+      rd_kafka_assign(rk, partitions);
+    }
+    assigned_.insert(changed.begin(), changed.end());
+    // A partition assigned during a database outage must not start delivering records that the
+    // worker cannot take yet.
+    if (paused_ && partitions->cnt > 0) rd_kafka_pause_partitions(rk, partitions);
+    spdlog::info("kafka: assigned {} partition(s), {} in total{}", changed.size(), assigned_.size(),
+                 paused_ ? " (paused)" : "");
+  } else {
+    // Revoked (orderly) or lost (session timed out, fenced): either way the partitions are no
+    // longer ours, and their uncommitted records will be read again by their new owner.
+    const bool lost = rd_kafka_assignment_lost(rk) != 0;
+    if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+      spdlog::warn("kafka rebalance error: {}", rd_kafka_err2name(err));
+      observer_.on_kafka_error(rd_kafka_err2name(err));
+    }
+    std::set<TopicPartition> gone = changed;
+    if (!incremental) gone.insert(assigned_.begin(), assigned_.end());  // eager: everything goes
+    revoked_.insert(gone.begin(), gone.end());
+    forget(gone);
+    if (incremental) {
+      ErrorPtr error(rd_kafka_incremental_unassign(rk, partitions));
+      if (error) observer_.on_kafka_error(rd_kafka_error_name(error.get()));
+    } else {
+      rd_kafka_assign(rk, nullptr);
+    }
+    spdlog::info("kafka: {} {} partition(s), {} left", lost ? "lost" : "revoked", changed.size(),
+                 assigned_.size());
+  }
+  assigned_count_.store(assigned_.size());
+}
+
+void Consumer::forget(const std::set<TopicPartition>& partitions) {
+  for (const TopicPartition& tp : partitions) {
+    assigned_.erase(tp);
+    observer_.on_partition_revoked(tp.second);
+  }
+  // Fetched-but-unhandled records of these partitions are dropped: after a reassignment, fetching
+  // restarts from the committed offset, so keeping them would hand them out twice.
+  std::erase_if(stash_, [&](const InboundRecord& r) {
+    return partitions.contains({r.source.topic, r.source.partition});
+  });
+}
+
+bool Consumer::poll_one(std::chrono::milliseconds timeout) {
+  MessagePtr message(rd_kafka_consumer_poll(handle_.get(), static_cast<int>(timeout.count())));
+  if (!message) return false;
+  if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    stash_.push_back(to_inbound_record(message.get()));
+    return true;
+  }
+  if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return false;
+  if (message->err == RD_KAFKA_RESP_ERR__FATAL) throw_if_fatal();
+  spdlog::warn("kafka consumer: {}: {}", rd_kafka_err2name(message->err),
+               rd_kafka_message_errstr(message.get()));
+  observer_.on_kafka_error(rd_kafka_err2name(message->err));
+  return false;
+}
+
+std::vector<InboundRecord> Consumer::poll_batch(std::size_t max_records, std::size_t max_bytes,
+                                                std::chrono::milliseconds max_wait) {
+  throw_if_fatal();
+  const auto deadline = std::chrono::steady_clock::now() + max_wait;
+  while (stash_.empty()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left <= std::chrono::milliseconds::zero()) break;
+    poll_one(std::min(left, kPollSlice));
+  }
+  // Take what is already fetched, without waiting.
+  while (stash_.size() < max_records && poll_one(std::chrono::milliseconds::zero())) {
+  }
+
+  std::vector<InboundRecord> batch;
+  std::size_t total = 0;
+  while (!stash_.empty() && batch.size() < max_records) {
+    const std::size_t size = record_bytes(stash_.front());
+    if (!batch.empty() && total + size > max_bytes) break;
+    total += size;
+    batch.push_back(std::move(stash_.front()));
+    stash_.pop_front();
+  }
+  return batch;
+}
+
+void Consumer::serve(std::chrono::milliseconds duration) {
+  throw_if_fatal();
+  const auto deadline = std::chrono::steady_clock::now() + duration;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left <= std::chrono::milliseconds::zero()) break;
+    poll_one(std::min(left, kPollSlice));
+  }
+}
+
+CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
+  if (offsets.empty()) return {};
+  TopicPartitionListPtr list = make_partition_list(static_cast<int>(offsets.size()));
+  for (const PartitionOffset& o : offsets) {
+    rd_kafka_topic_partition_list_add(list.get(), o.topic.c_str(), o.partition)->offset =
+        o.next_offset;
+  }
+  rd_kafka_resp_err_t err = rd_kafka_commit(handle_.get(), list.get(), /*async=*/0);
+  std::string where;
+  for (int i = 0; err == RD_KAFKA_RESP_ERR_NO_ERROR && i < list->cnt; ++i) {
+    if (list->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      err = list->elems[i].err;
+      where = std::string(" on ") + list->elems[i].topic + "/" +
+              std::to_string(list->elems[i].partition);
+    }
+  }
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return {};
+  observer_.on_kafka_error(rd_kafka_err2name(err));
+  return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};
+}
+
+void Consumer::pause_all() noexcept {
+  paused_ = true;
+  rd_kafka_topic_partition_list_t* raw = nullptr;
+  if (rd_kafka_assignment(handle_.get(), &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  TopicPartitionListPtr list(raw);
+  if (list->cnt > 0) rd_kafka_pause_partitions(handle_.get(), list.get());
+}
+
+void Consumer::resume_all() noexcept {
+  paused_ = false;
+  rd_kafka_topic_partition_list_t* raw = nullptr;
+  if (rd_kafka_assignment(handle_.get(), &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  TopicPartitionListPtr list(raw);
+  if (list->cnt > 0) rd_kafka_resume_partitions(handle_.get(), list.get());
+}
+
+std::set<TopicPartition> Consumer::take_revoked() { return std::exchange(revoked_, {}); }
+
+void Consumer::report_lag() noexcept {
+  try {
+    rd_kafka_topic_partition_list_t* raw = nullptr;
+    if (rd_kafka_assignment(handle_.get(), &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+    TopicPartitionListPtr list(raw);
+    if (list->cnt == 0) return;
+    rd_kafka_position(handle_.get(), list.get());
+    // Records fetched but not yet handed to the worker are not progress.
+    std::map<TopicPartition, std::int64_t> stashed_from;
+    for (const InboundRecord& r : stash_) {
+      stashed_from.try_emplace({r.source.topic, r.source.partition}, r.source.offset);
+    }
+    for (int i = 0; i < list->cnt; ++i) {
+      const auto& elem = list->elems[i];
+      std::int64_t low = -1;
+      std::int64_t high = -1;
+      rd_kafka_get_watermark_offsets(handle_.get(), elem.topic, elem.partition, &low, &high);
+      std::int64_t position = elem.offset;
+      if (const auto it = stashed_from.find({elem.topic, elem.partition}); it != stashed_from.end()) {
+        position = it->second;
+      }
+      // Unknown until the first fetch response (watermark) and the first record (position).
+      if (high < 0 || position < 0) continue;
+      observer_.on_consumer_lag(elem.partition, std::max<std::int64_t>(0, high - position));
+    }
+  } catch (...) {
+    // Lag is best effort; never let it disturb the loop.
+  }
+}
+
+void Consumer::close() noexcept {
+  if (closed_ || !handle_) return;
+  closed_ = true;
+  const rd_kafka_resp_err_t err = rd_kafka_consumer_close(handle_.get());
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    spdlog::warn("kafka consumer close: {}", rd_kafka_err2name(err));
+  }
+  assigned_count_.store(0);
+}
+
+void Consumer::throw_if_fatal() const { kafka::throw_if_fatal(handle_.get()); }
+
+}  // namespace dedup::kafka

@@ -1,0 +1,196 @@
+#include "dedup/kafka/producer.hpp"
+
+#include <string>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "kafka/client_common.hpp"
+
+namespace dedup::kafka {
+namespace {
+
+// librdkafka's message timeout bounds how long send_batch can block when brokers are gone. It is
+// kept well below max.poll.interval.ms (300 s by default) so that a batch stuck on an outage fails
+// and is retried (serving the consumer group meanwhile) instead of getting the worker evicted.
+constexpr const char* kDefaultMessageTimeoutMs = "60000";
+// A dead letter carries the original record (up to --max-message-bytes, 1 MiB) plus our headers,
+// and a result carries the payload as the entity; librdkafka's default limit (1,000,000 bytes)
+// would refuse them. The topics' max.message.bytes must allow this much as well.
+constexpr const char* kDefaultMessageMaxBytes = "1114112";  // 1 MiB + 64 KiB
+// Between the end of produce() and the wait for reports nothing else is coming; flushing ignores
+// linger anyway, this only bounds the cost of a batch that the wait loop does not flush.
+constexpr const char* kDefaultLingerMs = "5";
+constexpr auto kPollSlice = std::chrono::milliseconds(100);
+// After a purge every report arrives at once; this only guards against a librdkafka bug.
+constexpr auto kPurgeGrace = std::chrono::seconds(30);
+
+void add_header(rd_kafka_headers_t* headers, std::string_view name,
+                const std::optional<std::string>& value) {
+  // A null header value stays null: the pointer is what tells librdkafka, not the size.
+  rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()),
+                      value ? value->data() : nullptr,
+                      value ? static_cast<ssize_t>(value->size()) : 0);
+}
+
+}  // namespace
+
+// The reports of one send_batch. Heap-allocated so that in the impossible case where reports
+// never arrive it can be leaked rather than left dangling under librdkafka's feet.
+struct Producer::Delivery {
+  std::size_t pending = 0;
+  std::size_t delivered = 0;
+  std::size_t failed = 0;
+  std::string first_error;
+};
+
+OutboundRecord make_result_record(const CommandResult& result, const std::string& results_topic) {
+  OutboundRecord out;
+  out.topic = results_topic;
+  out.key = result.record_key();
+  // Invalid UTF-8 (e.g. echoed from a bad input record into an error message) is replaced rather
+  // than thrown on: a result that cannot be serialized would block the partition forever.
+  out.value = result.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return out;
+}
+
+OutboundRecord make_dead_letter(const InboundRecord& record, const Rejection& rejection,
+                                const std::string& dlq_topic) {
+  OutboundRecord out;
+  out.topic = dlq_topic;
+  out.key = record.key;
+  out.value = record.value;
+  out.headers = record.headers;
+  out.headers.push_back({std::string(kDlqErrorCodeHeader), std::string(to_string(rejection.code))});
+  out.headers.push_back({std::string(kDlqErrorMessageHeader), rejection.message});
+  out.headers.push_back({std::string(kDlqSourceTopicHeader), record.source.topic});
+  out.headers.push_back(
+      {std::string(kDlqSourcePartitionHeader), std::to_string(record.source.partition)});
+  out.headers.push_back({std::string(kDlqSourceOffsetHeader), std::to_string(record.source.offset)});
+  return out;
+}
+
+Producer::Producer(const ProducerOptions& options, Observer& observer) : observer_(observer) {
+  const KafkaSettings defaults{
+      {config_key::kBootstrapServers, options.brokers},
+      {config_key::kClientId, options.client_id},
+      {config_key::kMessageTimeoutMs, kDefaultMessageTimeoutMs},
+      {config_key::kMessageMaxBytes, kDefaultMessageMaxBytes},
+      {config_key::kLingerMs, kDefaultLingerMs},
+  };
+  ConfPtr conf = detail::build_conf(
+      defaults, options.settings,
+      {{config_key::kEnableIdempotence, "true",
+        "without it a retried produce can reorder or duplicate results within a partition"},
+       {config_key::kAcks, "all", "a result must survive the loss of a broker before offsets move"}});
+  rd_kafka_conf_set_opaque(conf.get(), this);
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
+  rd_kafka_conf_set_error_cb(conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
+    detail::report_client_error(rk, static_cast<Producer*>(self)->observer_, err, reason);
+  });
+  handle_ = make_handle(RD_KAFKA_PRODUCER, std::move(conf));
+}
+
+Producer::~Producer() {
+  if (!flush(std::chrono::seconds(5))) {
+    spdlog::warn("kafka producer closed with {} undelivered messages",
+                 rd_kafka_outq_len(handle_.get()));
+  }
+}
+
+void Producer::on_delivery(rd_kafka_t* /*rk*/, const rd_kafka_message_t* message, void* self) {
+  auto* delivery = static_cast<Delivery*>(message->_private);
+  if (delivery == nullptr) return;
+  --delivery->pending;
+  if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    ++delivery->delivered;
+    return;
+  }
+  ++delivery->failed;
+  if (delivery->first_error.empty()) {
+    // Not rd_kafka_message_errstr: on a delivery report the payload is the record, not a reason.
+    delivery->first_error = std::string(rd_kafka_err2name(message->err)) + ": " +
+                            rd_kafka_err2str(message->err) + " (topic " +
+                            rd_kafka_topic_name(message->rkt) + ")";
+  }
+  static_cast<Producer*>(self)->observer_.on_kafka_error(rd_kafka_err2name(message->err));
+}
+
+BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
+                                   std::chrono::steady_clock::time_point deadline) {
+  throw_if_fatal();
+  auto delivery = std::make_unique<Delivery>();
+  rd_kafka_t* rk = handle_.get();
+
+  for (const OutboundRecord& record : records) {
+    HeadersPtr headers;
+    if (!record.headers.empty()) {
+      headers.reset(rd_kafka_headers_new(record.headers.size()));
+      for (const RecordHeader& h : record.headers) add_header(headers.get(), h.name, h.value);
+    }
+    for (;;) {
+      // Null key/value: pass no pointer at all; an empty string is a non-null pointer of size 0
+      // and stays an empty (not null) key/value on the wire.
+      const void* key = record.key ? record.key->data() : nullptr;
+      const std::size_t key_size = record.key ? record.key->size() : 0;
+      void* value = record.value ? const_cast<char*>(record.value->data()) : nullptr;  // F_COPY
+      const std::size_t value_size = record.value ? record.value->size() : 0;
+      const rd_kafka_resp_err_t err = rd_kafka_producev(
+          rk, RD_KAFKA_V_TOPIC(record.topic.c_str()), RD_KAFKA_V_KEY(key, key_size),
+          RD_KAFKA_V_VALUE(value, value_size),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers.get()),
+          RD_KAFKA_V_OPAQUE(delivery.get()), RD_KAFKA_V_END);
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        (void)headers.release();  // owned by the message now
+        ++delivery->pending;
+        break;
+      }
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        rd_kafka_poll(rk, static_cast<int>(kPollSlice.count()));  // let reports drain the queue
+        continue;
+      }
+      // Refused before queueing (too large, unknown topic, fatal): no report will come.
+      ++delivery->failed;
+      if (delivery->first_error.empty()) {
+        delivery->first_error = std::string(rd_kafka_err2name(err)) + ": " + rd_kafka_err2str(err) +
+                                " (topic " + record.topic + ")";
+      }
+      observer_.on_kafka_error(rd_kafka_err2name(err));
+      break;
+    }
+  }
+
+  bool purged = false;
+  std::chrono::steady_clock::time_point give_up = std::chrono::steady_clock::time_point::max();
+  while (delivery->pending > 0) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!purged && now >= deadline) {
+      // Purged messages get a failed report (__PURGE_QUEUE / __PURGE_INFLIGHT) right away.
+      rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      purged = true;
+      give_up = now + kPurgeGrace;
+    }
+    if (now >= give_up) {
+      spdlog::critical("kafka producer: {} delivery reports missing after purge", delivery->pending);
+      delivery->failed += delivery->pending;
+      (void)delivery.release();  // a late report must find live memory
+      return {0, records.size(), "delivery reports missing after purge"};
+    }
+    // flush (not poll) so that linger.ms is skipped: the batch is complete, send it now.
+    rd_kafka_flush(rk, static_cast<int>(kPollSlice.count()));
+  }
+
+  throw_if_fatal();  // a fatal error fails every message; say why, not "N failed"
+  return {delivery->delivered, delivery->failed, delivery->first_error};
+}
+
+void Producer::poll() noexcept { rd_kafka_poll(handle_.get(), 0); }
+
+bool Producer::flush(std::chrono::milliseconds timeout) noexcept {
+  return rd_kafka_flush(handle_.get(), static_cast<int>(timeout.count())) ==
+         RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+void Producer::throw_if_fatal() const { kafka::throw_if_fatal(handle_.get()); }
+
+}  // namespace dedup::kafka

@@ -1,0 +1,322 @@
+#include "dedup/worker.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <csignal>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+
+#include "dedup/errors.hpp"
+#include "dedup/kafka/consumer.hpp"
+#include "dedup/kafka/producer.hpp"
+
+namespace dedup {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr milliseconds kServeSlice{100};
+constexpr const char* kFailpoints[] = {"after_db_commit", "after_results_acked",
+                                       "before_offset_commit"};
+
+// The backoff before retry number `attempt` (0-based): exponential, capped, and randomized to
+// [50%, 100%] so that workers that failed together do not retry together.
+milliseconds backoff_delay(int attempt, milliseconds initial, milliseconds cap) {
+  const int shift = std::min(attempt, 20);
+  const auto full = std::min<milliseconds::rep>(cap.count(), initial.count() << shift);
+  thread_local std::minstd_rand random{std::random_device{}()};
+  std::uniform_int_distribution<milliseconds::rep> jitter(full / 2, full);
+  return milliseconds(jitter(random));
+}
+
+double end_to_end_seconds(const InboundRecord& record) {
+  if (!record.timestamp_ms) return -1.0;
+  const auto now_ms = std::chrono::duration_cast<milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  return static_cast<double>(now_ms - *record.timestamp_ms) / 1000.0;
+}
+
+void drop_revoked(const std::set<kafka::TopicPartition>& revoked,
+                  std::vector<InboundRecord>& batch) {
+  if (revoked.empty()) return;
+  const auto dropped = std::erase_if(batch, [&](const InboundRecord& r) {
+    return revoked.contains({r.source.topic, r.source.partition});
+  });
+  if (dropped > 0) {
+    spdlog::info("dropped {} in-flight record(s) of revoked partitions; their new owner reads them",
+                 dropped);
+  }
+}
+
+}  // namespace
+
+Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
+    : options_(std::move(options)), processor_(processor), observer_(observer) {
+  if (options_.brokers.empty()) throw ConfigError("--brokers", "is required");
+  if (options_.commands_topic.empty()) throw ConfigError("--commands-topic", "must not be empty");
+  if (options_.results_topic.empty()) options_.results_topic = options_.commands_topic + ".results";
+  if (options_.dlq_topic.empty()) options_.dlq_topic = options_.commands_topic + ".dlq";
+  // Writing results or dead letters into the input topic would feed the worker its own output.
+  if (options_.results_topic == options_.commands_topic) {
+    throw ConfigError("--results-topic", "must differ from --commands-topic");
+  }
+  if (options_.dlq_topic == options_.commands_topic) {
+    throw ConfigError("--dlq-topic", "must differ from --commands-topic");
+  }
+  if (options_.max_batch_records == 0) throw ConfigError("max_batch_records", "must be at least 1");
+  if (options_.backoff_initial <= milliseconds::zero() ||
+      options_.backoff_max < options_.backoff_initial) {
+    throw ConfigError("backoff", "need 0 < initial <= max");
+  }
+
+  if (const char* env = std::getenv(kFailpointEnv); env != nullptr && *env != '\0') {
+    const std::string_view spec(env);
+    const auto colon = spec.find(':');
+    failpoint_name_ = std::string(spec.substr(0, colon));
+    failpoint_countdown_ = 1;
+    if (colon != std::string_view::npos) {
+      const std::string_view n = spec.substr(colon + 1);
+      const auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), failpoint_countdown_);
+      if (ec != std::errc() || end != n.data() + n.size() || failpoint_countdown_ < 1) {
+        throw ConfigError(kFailpointEnv, "count must be a positive integer: " + std::string(spec));
+      }
+    }
+    if (std::find(std::begin(kFailpoints), std::end(kFailpoints), failpoint_name_) ==
+        std::end(kFailpoints)) {
+      throw ConfigError(kFailpointEnv, "unknown failpoint '" + failpoint_name_ + "'");
+    }
+    spdlog::warn("TEST FAILPOINT armed: the worker kills itself at {} (hit {})", failpoint_name_,
+                 failpoint_countdown_);
+  }
+
+  producer_ = std::make_unique<kafka::Producer>(
+      kafka::ProducerOptions{options_.brokers, options_.kafka_settings}, observer_);
+  consumer_ = std::make_unique<kafka::Consumer>(
+      kafka::ConsumerOptions{options_.brokers, options_.group, {options_.commands_topic},
+                             options_.kafka_settings},
+      observer_);
+}
+
+Worker::~Worker() = default;
+
+void Worker::request_stop() noexcept { stop_requested_.store(true); }
+
+bool Worker::ready() const noexcept {
+  return !stop_requested_.load() && db_healthy_.load() && consumer_->assigned_count() > 0;
+}
+
+void Worker::note_stop() noexcept {
+  // The signal handler can only set a flag; the drain clock starts when the loop first sees it.
+  if (stop_requested_.load() && drain_deadline_ == SteadyClock::time_point{}) {
+    drain_deadline_ = SteadyClock::now() + options_.drain_timeout;
+  }
+}
+
+bool Worker::drain_expired() noexcept {
+  note_stop();
+  return drain_deadline_ != SteadyClock::time_point{} && SteadyClock::now() >= drain_deadline_;
+}
+
+int Worker::run() {
+  try {
+    const auto start = SteadyClock::now();
+    next_cleanup_ = start + options_.cleanup_interval;
+    next_lag_report_ = start;
+    spdlog::info("worker started: {} -> {} / {} (group {})", options_.commands_topic,
+                 options_.results_topic, options_.dlq_topic, options_.group);
+    warn_about_missing_topics();
+
+    while (!stop_requested_.load()) {
+      maybe_cleanup();
+      maybe_report_lag();
+      producer_->poll();
+      std::vector<InboundRecord> batch = consumer_->poll_batch(
+          options_.max_batch_records, options_.max_batch_bytes, options_.max_batch_wait);
+      drop_revoked(consumer_->take_revoked(), batch);
+      if (batch.empty()) continue;
+      if (handle_batch(batch) == BatchOutcome::abandoned) break;
+    }
+
+    spdlog::info("worker stopping: leaving the group, flushing the producer");
+    consumer_->close();
+    if (!producer_->flush(milliseconds(5'000))) spdlog::warn("producer flush timed out");
+    return 0;
+  } catch (const PermanentDatabaseError& e) {
+    spdlog::critical("permanent database error, stopping: {} (SQLSTATE {})", e.what(),
+                     e.sqlstate().empty() ? "none" : e.sqlstate());
+  } catch (const kafka::KafkaError& e) {
+    spdlog::critical("kafka error, stopping: {}", e.what());
+  } catch (const std::exception& e) {
+    spdlog::critical("unexpected error, stopping: {}", e.what());
+  }
+  db_healthy_.store(false);
+  return 1;
+}
+
+Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
+  for (int attempt = 0;; ++attempt) {
+    if (batch.empty()) break;  // every partition of the batch was revoked during a backoff
+    if (drain_expired()) {
+      spdlog::warn("drain timeout: abandoning a batch of {} record(s) uncommitted (redelivered "
+                   "later, results replayed)",
+                   batch.size());
+      return BatchOutcome::abandoned;
+    }
+
+    std::vector<CommandResult> results;
+    try {
+      results = processor_.process(batch);
+    } catch (const TransientDatabaseError& e) {
+      db_healthy_.store(false);
+      spdlog::warn("database unavailable (attempt {}), batch of {} will be retried: {}",
+                   attempt + 1, batch.size(), e.what());
+      // Stop fetching but keep polling: the group must see us alive and rebalances must be served.
+      if (!consumer_->paused()) consumer_->pause_all();
+      back_off(attempt, batch);
+      continue;
+    }
+    db_healthy_.store(true);
+    if (results.size() != batch.size()) {
+      throw std::logic_error("processor returned " + std::to_string(results.size()) +
+                             " results for " + std::to_string(batch.size()) + " records");
+    }
+    failpoint("after_db_commit");
+
+    std::vector<kafka::OutboundRecord> outbound;
+    outbound.reserve(batch.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      outbound.push_back(kafka::make_result_record(results[i], options_.results_topic));
+      if (results[i].rejection) {
+        outbound.push_back(
+            kafka::make_dead_letter(batch[i], *results[i].rejection, options_.dlq_topic));
+      }
+    }
+    note_stop();
+    const auto deadline = drain_deadline_ != SteadyClock::time_point{}
+                              ? drain_deadline_
+                              : SteadyClock::time_point::max();
+    const kafka::BatchDelivery delivery = producer_->send_batch(outbound, deadline);
+    if (!delivery.ok()) {
+      // Nothing is committed; the batch is processed again, and the store replays the same
+      // results for the same source positions, so republishing is harmless.
+      spdlog::warn("publishing failed for {} of {} record(s) (attempt {}): {}", delivery.failed,
+                   outbound.size(), attempt + 1, delivery.first_error);
+      if (!consumer_->paused()) consumer_->pause_all();
+      back_off(attempt, batch);
+      continue;
+    }
+    failpoint("after_results_acked");
+
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      observer_.on_result_published(results[i], end_to_end_seconds(batch[i]));
+    }
+    failpoint("before_offset_commit");
+
+    const kafka::CommitOutcome commit = consumer_->commit(kafka::next_offsets(batch));
+    if (!commit.ok) {
+      // The results are out; the records will be read again and their results replayed. A later
+      // commit of the same partitions covers these offsets too.
+      spdlog::warn("offset commit failed, records will be redelivered: {}", commit.error);
+    }
+    break;
+  }
+  if (consumer_->paused()) consumer_->resume_all();
+  return BatchOutcome::done;
+}
+
+void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
+  const auto end = SteadyClock::now() + backoff_delay(attempt, options_.backoff_initial,
+                                                options_.backoff_max);
+  for (;;) {
+    note_stop();
+    const auto until = stop_requested_.load() ? std::min(end, drain_deadline_) : end;
+    const auto left = std::chrono::duration_cast<milliseconds>(until - SteadyClock::now());
+    if (left <= milliseconds::zero()) break;
+    consumer_->serve(std::min(left, kServeSlice));
+    producer_->poll();
+    maybe_report_lag();  // lag grows during an outage: that is exactly when it must be seen
+  }
+  drop_revoked(consumer_->take_revoked(), batch);
+}
+
+void Worker::warn_about_missing_topics() {
+  // Only a warning: topics may be created by an operator after start (the worker retries
+  // publishing until they exist), and a broker may be slow to answer at start-up.
+  const auto topics = kafka::list_topics(producer_->handle(), milliseconds(5'000));
+  if (!topics) {
+    spdlog::warn("could not list topics at start-up (brokers unreachable?)");
+    return;
+  }
+  for (const std::string* name :
+       {&options_.commands_topic, &options_.results_topic, &options_.dlq_topic}) {
+    if (std::find(topics->begin(), topics->end(), *name) == topics->end()) {
+      spdlog::warn("topic '{}' does not exist: {}", *name,
+                   name == &options_.commands_topic ? "nothing to consume until it does"
+                                                    : "publishing will be retried until it does");
+    }
+  }
+}
+
+void Worker::maybe_cleanup() {
+  if (!options_.cleanup || SteadyClock::now() < next_cleanup_) return;
+  try {
+    options_.cleanup();
+  } catch (const std::exception& e) {
+    spdlog::warn("periodic cleanup of expired keys failed (retried next interval): {}", e.what());
+  }
+  next_cleanup_ = SteadyClock::now() + options_.cleanup_interval;
+}
+
+void Worker::maybe_report_lag() {
+  if (SteadyClock::now() < next_lag_report_) return;
+  consumer_->report_lag();
+  next_lag_report_ = SteadyClock::now() + options_.lag_report_interval;
+}
+
+void Worker::failpoint(const char* name) {
+  if (failpoint_name_.empty() || failpoint_name_ != name) return;
+  if (--failpoint_countdown_ > 0) return;
+  spdlog::critical("TEST FAILPOINT {} reached: killing the process", name);
+  spdlog::default_logger()->flush();
+  std::raise(SIGKILL);
+  std::_Exit(137);  // not reached
+}
+
+// --- StopSignals -------------------------------------------------------------------------------
+
+namespace {
+std::atomic<Worker*> g_stop_target{nullptr};
+extern "C" void on_stop_signal(int) {
+  if (Worker* worker = g_stop_target.load()) worker->request_stop();
+}
+}  // namespace
+
+struct StopSignals::sigaction_storage {
+  struct sigaction term {};
+  struct sigaction intr {};
+};
+
+StopSignals::StopSignals(Worker& worker) : previous_(std::make_unique<sigaction_storage>()) {
+  Worker* expected = nullptr;
+  if (!g_stop_target.compare_exchange_strong(expected, &worker)) {
+    throw std::logic_error("StopSignals: another instance is alive");
+  }
+  struct sigaction action {};
+  action.sa_handler = &on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, &previous_->term);
+  sigaction(SIGINT, &action, &previous_->intr);
+}
+
+StopSignals::~StopSignals() {
+  sigaction(SIGTERM, &previous_->term, nullptr);
+  sigaction(SIGINT, &previous_->intr, nullptr);
+  g_stop_target.store(nullptr);
+}
+
+}  // namespace dedup

@@ -1,0 +1,97 @@
+#include <fmt/format.h>
+
+#include <chrono>
+
+#include "internal.hpp"
+
+namespace dedup::pg {
+
+FailureKind classify_sqlstate(std::string_view sqlstate) noexcept {
+  if (sqlstate.size() != 5) return FailureKind::transient;  // no SQLSTATE: lost connection
+  const auto cls = sqlstate.substr(0, 2);
+  if (cls == "08" || cls == "40" || cls == "53") return FailureKind::transient;
+  if (sqlstate == "55P03" || sqlstate == "57014" || sqlstate == "57P01" || sqlstate == "57P02" ||
+      sqlstate == "57P03" || sqlstate == "57P04" || sqlstate == "57P05") {
+    return FailureKind::transient;
+  }
+  return FailureKind::permanent;
+}
+
+void rethrow_classified(std::string_view context) {
+  try {
+    throw;
+  } catch (const DatabaseError&) {
+    throw;
+  } catch (const pqxx::in_doubt_error& e) {
+    throw TransientDatabaseError(fmt::format("{}: commit in doubt: {}", context, e.what()), "");
+  } catch (const pqxx::broken_connection& e) {
+    throw TransientDatabaseError(fmt::format("{}: connection lost: {}", context, e.what()), "08006");
+  } catch (const pqxx::sql_error& e) {
+    const std::string state = e.sqlstate();
+    const auto message = fmt::format("{}: {} (SQLSTATE {})", context, e.what(), state);
+    if (classify_sqlstate(state) == FailureKind::transient) {
+      throw TransientDatabaseError(message, state);
+    }
+    throw PermanentDatabaseError(message, state);
+  } catch (const pqxx::usage_error& e) {
+    throw PermanentDatabaseError(fmt::format("{}: {}", context, e.what()), "");
+  } catch (const pqxx::failure& e) {
+    // Other libpqxx failures happen on the wire (e.g. a server that vanished mid-result).
+    throw TransientDatabaseError(fmt::format("{}: {}", context, e.what()), "");
+  }
+}
+
+std::string to_pg_timestamp(Timestamp t) {
+  using namespace std::chrono;
+  const auto day = floor<days>(t);
+  const year_month_day ymd{day};
+  const hh_mm_ss time{t - day};
+  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00", static_cast<int>(ymd.year()),
+                     static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                     time.hours().count(), time.minutes().count(), time.seconds().count(),
+                     time.subseconds().count());
+}
+
+std::string with_schema(std::string_view sql, std::string_view schema) {
+  const std::string quoted = [&] {
+    std::string q = "\"";
+    for (char c : schema) {
+      if (c == '"') q += '"';
+      q += c;
+    }
+    return q + "\"";
+  }();
+  std::string out;
+  out.reserve(sql.size() + 32);
+  constexpr std::string_view kPlaceholder = "{schema}";
+  std::size_t pos = 0;
+  while (true) {
+    const auto next = sql.find(kPlaceholder, pos);
+    if (next == std::string_view::npos) break;
+    out.append(sql.substr(pos, next - pos));
+    out += quoted;
+    pos = next + kPlaceholder.size();
+  }
+  out.append(sql.substr(pos));
+  return out;
+}
+
+std::unique_ptr<pqxx::connection> connect(const std::string& conninfo) {
+  try {
+    return std::make_unique<pqxx::connection>(conninfo);
+  } catch (const pqxx::broken_connection& e) {
+    // libpq reports every connect failure the same way; tell a retryable one (server not up yet,
+    // refused, timed out) from one a retry cannot cure (authentication, missing database).
+    const std::string what = e.what();
+    const bool permanent = what.find("authentication failed") != std::string::npos ||
+                           what.find("does not exist") != std::string::npos ||
+                           what.find("invalid connection option") != std::string::npos ||
+                           what.find("missing \"=\"") != std::string::npos;
+    if (permanent) throw PermanentDatabaseError("cannot connect to Postgres: " + what, "08001");
+    throw TransientDatabaseError("cannot connect to Postgres: " + what, "08001");
+  } catch (...) {
+    rethrow_classified("connect");
+  }
+}
+
+}  // namespace dedup::pg

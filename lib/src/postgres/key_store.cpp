@@ -1,0 +1,629 @@
+// The Postgres key store. The protocol, one transaction per batch (docs/design.md):
+//
+//   1. claim    INSERT the key rows of the batch's new keys, sorted, ON CONFLICT DO NOTHING
+//               RETURNING what was claimed. Sorting makes racing batches take the key locks in one
+//               order, so they wait for each other instead of deadlocking.
+//   2. look up  SELECT the rows of the keys that were not claimed: committed by someone else (we
+//               waited for them in step 1), or expired. Expired ones are re-claimed by UPDATE.
+//   3. write    INSERT the entities of the claimed keys and store their results. Table mode, per
+//   4. store    type and column set: ONE statement inserts all rows and updates their key rows
+//               with the result. If Postgres refuses it (a constraint, a bad value), the whole
+//               transaction is retried with that group going through write_entity(), which gives
+//               each command its own subtransaction, so only the offending command fails; those
+//               results are stored by one UPDATE, and rows whose payload was refused are DELETEd.
+//               Keeping savepoints out of the common path saves round trips and subtransactions.
+//   5. answer   Every command is judged against the row of its key (resolve_stored).
+//
+// A batch that repeats a key whose first command was refused by Postgres runs steps 1-5 again for
+// the repeats ("rounds"): the refused command left no row, so the next one may claim the key.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "dedup/observer.hpp"
+#include "dedup/postgres.hpp"
+#include "internal.hpp"
+
+namespace dedup {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kMaxRounds = 16;
+
+// Statement names (prepared once per connection).
+constexpr const char* kClaim = "dedup_claim";
+constexpr const char* kLookup = "dedup_lookup";
+constexpr const char* kReclaim = "dedup_reclaim";
+constexpr const char* kStoreResults = "dedup_store_results";
+constexpr const char* kForget = "dedup_forget";
+constexpr const char* kWriteEach = "dedup_write_each";
+
+// Rows of both statements below: claimed, scope, key, cross_scope, then (for a row that exists)
+// command_type, fingerprint (hex), status, result, created_at (µs), expired, source topic,
+// partition, offset.
+//
+// Claim or look up, in one round trip: `existing` reads the committed rows of the batch's keys
+// (the statement's snapshot); the others are INSERTed, sorted, ON CONFLICT DO NOTHING. A key that
+// is in neither result was committed by a concurrent batch after our snapshot (we waited for it
+// in the INSERT): kLookup reads it with a new snapshot. RETURNING's subquery sees the snapshot too:
+// rows of other scopes committed before, not the rows inserted by this statement.
+// $1: [{s, k, t, f, tp, p, o}], $2: now, $3: expires_at.
+constexpr const char* kClaimSql = R"SQL(
+WITH input AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb)
+    AS x(s text, k text, t text, f text, tp text, p int, o bigint)),
+existing AS (
+  SELECT k.* FROM input x
+  JOIN {schema}.idempotency_keys k ON k.scope = x.s AND k.idempotency_key = x.k),
+claimed AS (
+  INSERT INTO {schema}.idempotency_keys AS k
+    (scope, idempotency_key, command_type, fingerprint, status, created_at, expires_at,
+     source_topic, source_partition, source_offset)
+  SELECT x.s, x.k, x.t, decode(x.f, 'hex'), 'pending', $2::timestamptz, $3::timestamptz,
+         x.tp, x.p, x.o
+  FROM input x
+  WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.scope = x.s AND e.idempotency_key = x.k)
+  ORDER BY x.s COLLATE "C", x.k COLLATE "C"
+  ON CONFLICT (scope, idempotency_key) DO NOTHING
+  RETURNING k.scope, k.idempotency_key,
+    EXISTS (SELECT 1 FROM {schema}.idempotency_keys o
+            WHERE o.idempotency_key = k.idempotency_key AND o.scope <> k.scope
+              AND o.expires_at > $2::timestamptz) AS cross_scope)
+SELECT true, c.scope, c.idempotency_key, c.cross_scope, NULL::text, NULL::text, NULL::text,
+       NULL::text, NULL::bigint, NULL::boolean, NULL::text, NULL::integer, NULL::bigint
+FROM claimed c
+UNION ALL
+SELECT false, e.scope, e.idempotency_key, false, e.command_type, encode(e.fingerprint, 'hex'),
+       e.status, e.result::text, (extract(epoch FROM e.created_at) * 1000000)::bigint,
+       e.expires_at <= $2::timestamptz, e.source_topic, e.source_partition, e.source_offset
+FROM existing e)SQL";
+
+// $1: [{s, k}], $2: now. Same row layout as kClaimSql.
+constexpr const char* kLookupSql = R"SQL(
+SELECT false, k.scope, k.idempotency_key, false, k.command_type, encode(k.fingerprint, 'hex'),
+       k.status, k.result::text, (extract(epoch FROM k.created_at) * 1000000)::bigint,
+       k.expires_at <= $2::timestamptz, k.source_topic, k.source_partition, k.source_offset
+FROM jsonb_to_recordset($1::jsonb) AS x(s text, k text)
+JOIN {schema}.idempotency_keys k ON k.scope = x.s AND k.idempotency_key = x.k)SQL";
+
+// $1: [{s, k, t, f, tp, p, o}], $2: now, $3: expires_at. Takes over keys that expired; a row that a
+// concurrent batch re-claimed first no longer matches the WHERE after we waited for it.
+constexpr const char* kReclaimSql = R"SQL(
+UPDATE {schema}.idempotency_keys AS k
+SET command_type = x.t, fingerprint = decode(x.f, 'hex'), status = 'pending', result = NULL,
+    created_at = $2::timestamptz, expires_at = $3::timestamptz,
+    source_topic = x.tp, source_partition = x.p, source_offset = x.o
+FROM jsonb_to_recordset($1::jsonb) AS x(s text, k text, t text, f text, tp text, p int, o bigint)
+WHERE k.scope = x.s AND k.idempotency_key = x.k AND k.expires_at <= $2::timestamptz
+RETURNING k.scope, k.idempotency_key,
+  EXISTS (SELECT 1 FROM {schema}.idempotency_keys o
+          WHERE o.idempotency_key = k.idempotency_key AND o.scope <> k.scope
+            AND o.expires_at > $2::timestamptz) AS cross_scope)SQL";
+
+// $1: [{s, k, st, r}]. Touches only rows this transaction claimed; no indexed column changes, so
+// with the table's fillfactor the update is HOT.
+constexpr const char* kStoreResultsSql = R"SQL(
+UPDATE {schema}.idempotency_keys AS k SET status = x.st, result = x.r
+FROM jsonb_to_recordset($1::jsonb) AS x(s text, k text, st text, r jsonb)
+WHERE k.scope = x.s AND k.idempotency_key = x.k)SQL";
+
+// $1: [{s, k}]: claimed keys whose payload Postgres refused.
+constexpr const char* kForgetSql = R"SQL(
+DELETE FROM {schema}.idempotency_keys AS k
+USING jsonb_to_recordset($1::jsonb) AS x(s text, k text)
+WHERE k.scope = x.s AND k.idempotency_key = x.k)SQL";
+
+// $1: [payload, ...], $2: the statement for one group. Rows are evaluated in array order.
+constexpr const char* kWriteEachSql = R"SQL(
+SELECT e.ord, {schema}.write_entity($2, e.payload)::text
+FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(payload, ord))SQL";
+
+std::string key_id(const Command& command) {
+  std::string id;
+  id.reserve(command.scope.size() + command.idempotency_key.size() + 1);
+  id += command.scope;
+  id += '\0';
+  id += command.idempotency_key;
+  return id;
+}
+
+std::string key_id(std::string_view scope, std::string_view key) {
+  std::string id(scope);
+  id += '\0';
+  id += key;
+  return id;
+}
+
+json claim_row(const Command& command) {
+  return json{{"s", command.scope},          {"k", command.idempotency_key},
+              {"t", command.type->name},     {"f", to_hex(command.fingerprint)},
+              {"tp", command.source.topic},  {"p", command.source.partition},
+              {"o", command.source.offset}};
+}
+
+Fingerprint fingerprint_from_hex(std::string_view hex) {
+  Fingerprint fingerprint{};
+  if (hex.size() != fingerprint.size() * 2) throw Error("stored fingerprint has a bad length");
+  auto nibble = [](char c) -> std::uint8_t {
+    return static_cast<std::uint8_t>(c <= '9' ? c - '0' : c - 'a' + 10);
+  };
+  for (std::size_t i = 0; i < fingerprint.size(); ++i) {
+    fingerprint[i] = static_cast<std::uint8_t>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
+  }
+  return fingerprint;
+}
+
+// How one claimed command's entity write ended.
+struct EntityOutcome {
+  enum class Kind { created, conflict, invalid } kind = Kind::created;
+  json entity;          // created
+  json error;           // conflict: {"code", "message", "constraint", "sqlstate"}
+  std::string reason;   // invalid: why Postgres refused the payload
+  bool stored = false;  // the bulk statement already wrote the result into the key row
+};
+
+// A set of claimed commands that share one INSERT statement.
+struct EntityGroup {
+  std::string identity;     // type name, plus the column list in table mode
+  std::string bulk_sql;     // table mode: all rows, and their results, in one statement
+  std::string per_row_sql;  // for write_entity(): one row, $1 is the payload
+  std::vector<std::size_t> commands;
+};
+
+// Thrown inside a transaction when a group's bulk statement was refused; the transaction is
+// rolled back and retried with the group written row by row.
+struct BulkRefused {
+  std::string identity;
+};
+
+bool is_payload_refusal(const std::string& sqlstate) {
+  // Integrity constraint violations (23), data exceptions (22), undefined column (42703): caused
+  // by this batch's data, so the group is retried row by row to find the culprits.
+  return sqlstate.rfind("23", 0) == 0 || sqlstate.rfind("22", 0) == 0 || sqlstate == "42703";
+}
+
+}  // namespace
+
+struct PostgresKeyStore::Impl {
+  PostgresOptions options;
+  const CommandCatalog& catalog;
+  Observer* observer;
+  std::unique_ptr<pqxx::connection> connection;
+  std::size_t retried = 0;
+  std::mt19937_64 random{std::random_device{}()};
+
+  Impl(PostgresOptions opts, const CommandCatalog& cat, Observer* obs)
+      : options(std::move(opts)), catalog(cat), observer(obs) {}
+
+  pqxx::connection& conn() {
+    if (connection && connection->is_open()) return *connection;
+    connection.reset();
+    auto fresh = pg::connect(options.conninfo);
+    // Plan every execution for its input: a generic plan cached while the keys table was small
+    // (seq scans) would otherwise stay in use as the table grows to millions of rows.
+    pqxx::nontransaction(*fresh).exec("SET plan_cache_mode = force_custom_plan");
+    const auto& schema = options.schema;
+    fresh->prepare(kClaim, pg::with_schema(kClaimSql, schema));
+    fresh->prepare(kLookup, pg::with_schema(kLookupSql, schema));
+    fresh->prepare(kReclaim, pg::with_schema(kReclaimSql, schema));
+    fresh->prepare(kStoreResults, pg::with_schema(kStoreResultsSql, schema));
+    fresh->prepare(kForget, pg::with_schema(kForgetSql, schema));
+    fresh->prepare(kWriteEach, pg::with_schema(kWriteEachSql, schema));
+    connection = std::move(fresh);
+    return *connection;
+  }
+
+  void check_schema_and_tables();
+  // Groups (EntityGroup::identity) whose bulk statement was refused in this apply(): they go row
+  // by row on the retry.
+  std::unordered_set<std::string> per_row_groups;
+
+  std::vector<CommandResult> run(pqxx::work& txn, std::span<const Command> commands, Timestamp now);
+  std::vector<EntityOutcome> write_entities(pqxx::work& txn, std::span<const Command> commands,
+                                            const std::vector<std::size_t>& claimed);
+  void write_group_per_row(pqxx::work& txn, std::span<const Command> commands,
+                           const EntityGroup& group, std::vector<EntityOutcome>& outcomes,
+                           const std::unordered_map<std::size_t, std::size_t>& slot_of);
+
+  void backoff(int attempt) {
+    // Deadlocks and serialization failures clear up fastest when the losers do not come back in
+    // lockstep: jittered exponential backoff from 5 ms, capped at 1 s.
+    const double base = std::min(1000.0, 5.0 * std::pow(2.0, attempt - 1));
+    std::uniform_real_distribution<double> jitter(0.5, 1.5);
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(base * jitter(random)));
+  }
+};
+
+void PostgresKeyStore::Impl::check_schema_and_tables() {
+  auto& c = conn();
+  try {
+    pqxx::read_transaction txn(c);
+    const auto table = pg::with_schema("{schema}.schema_migrations", options.schema);
+    if (txn.exec_params("SELECT to_regclass($1) IS NULL", table)[0][0].as<bool>()) {
+      throw ConfigError("--db-schema", fmt::format("schema '{}' has no dedup tables: run "
+                                                   "`dedup-worker migrate` first",
+                                                   options.schema));
+    }
+    const int version =
+        txn.exec("SELECT coalesce(max(version), 0) FROM " + table)[0][0].as<int>();
+    if (version != latest_schema_version()) {
+      throw ConfigError("--db-schema",
+                        fmt::format("schema '{}' is at version {}, this build expects {}: {}",
+                                    options.schema, version, latest_schema_version(),
+                                    version < latest_schema_version()
+                                        ? "run `dedup-worker migrate`"
+                                        : "the schema is newer than this worker; upgrade it"));
+    }
+    for (const auto& type : catalog.types()) {
+      if (type.table) {
+        if (txn.exec_params("SELECT to_regclass($1) IS NULL", type.table->quoted())[0][0].as<bool>()) {
+          throw ConfigError("commands." + type.name + ".table",
+                            fmt::format("table {}.{} does not exist", type.table->schema,
+                                        type.table->name));
+        }
+      }
+    }
+  } catch (const ConfigError&) {
+    throw;
+  } catch (...) {
+    pg::rethrow_classified("checking the schema");
+  }
+  // Configured SQL is checked by preparing it: syntax, tables and columns are validated without
+  // running it. Each check in its own transaction, so one failure names its own command type.
+  for (const auto& type : catalog.types()) {
+    if (type.table) continue;
+    try {
+      pqxx::work txn(c);
+      txn.exec("PREPARE dedup_config_check(jsonb) AS " + type.sql);
+      txn.exec("DEALLOCATE dedup_config_check");
+    } catch (const pqxx::sql_error& e) {
+      if (pg::classify_sqlstate(e.sqlstate()) == pg::FailureKind::permanent) {
+        throw ConfigError("commands." + type.name + ".sql",
+                          fmt::format("Postgres refuses the statement: {}", e.what()));
+      }
+      pg::rethrow_classified("checking commands." + type.name + ".sql");
+    } catch (...) {
+      pg::rethrow_classified("checking commands." + type.name + ".sql");
+    }
+  }
+}
+
+std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
+    pqxx::work& txn, std::span<const Command> commands, const std::vector<std::size_t>& claimed) {
+  std::vector<EntityOutcome> outcomes(claimed.size());
+  std::unordered_map<std::size_t, std::size_t> slot_of;  // command index -> outcomes slot
+  std::vector<EntityGroup> groups;
+  std::unordered_map<std::string, std::size_t> group_of;  // statement identity -> groups index
+  for (std::size_t slot = 0; slot < claimed.size(); ++slot) {
+    const Command& command = commands[claimed[slot]];
+    slot_of[claimed[slot]] = slot;
+    const CommandType& type = *command.type;
+    std::string identity = type.name;
+    std::string columns;
+    if (type.table) {
+      for (const auto& [field, value] : command.payload.items()) {
+        if (!columns.empty()) columns += ", ";
+        columns += quote_identifier(field);
+      }
+      identity += '\n' + columns;
+    }
+    auto [it, inserted] = group_of.try_emplace(identity, groups.size());
+    if (inserted) {
+      EntityGroup group;
+      group.identity = identity;
+      if (type.table) {
+        const auto table = type.table->quoted();
+        // Rows come back from INSERT ... RETURNING in input order (as ORMs' bulk inserts rely
+        // on), so row n of $1 is key n of $2. The count is checked: a trigger that skips a row
+        // would break the pairing, and the group then goes row by row.
+        group.bulk_sql = fmt::format(
+            "WITH entity AS (INSERT INTO {0} ({1}) SELECT {1} FROM "
+            "jsonb_populate_recordset(NULL::{0}, $1::jsonb) RETURNING *), "
+            "numbered AS (SELECT row_number() OVER () AS n, to_jsonb(entity) AS row FROM entity), "
+            "stored AS (UPDATE {2}.idempotency_keys AS k SET status = 'created', "
+            "result = jsonb_build_object('entity', numbered.row, 'error', NULL) "
+            "FROM ROWS FROM (jsonb_to_recordset($2::jsonb) AS (s text, k text)) "
+            "WITH ORDINALITY AS x(s, k, n) JOIN numbered ON numbered.n = x.n "
+            "WHERE k.scope = x.s AND k.idempotency_key = x.k RETURNING 1) "
+            "SELECT row::text, (SELECT count(*) FROM stored) FROM numbered ORDER BY n",
+            table, columns, quote_identifier(options.schema));
+        group.per_row_sql = fmt::format(
+            "WITH entity AS (INSERT INTO {0} ({1}) SELECT {1} FROM "
+            "jsonb_populate_record(NULL::{0}, $1) RETURNING *) SELECT to_jsonb(entity) FROM entity",
+            table, columns);
+      } else {
+        group.per_row_sql =
+            fmt::format("WITH entity AS ({}) SELECT to_jsonb(entity) FROM entity", type.sql);
+      }
+      groups.push_back(std::move(group));
+    }
+    groups[it->second].commands.push_back(claimed[slot]);
+  }
+
+  for (const auto& group : groups) {
+    if (!group.bulk_sql.empty() && !per_row_groups.contains(group.identity)) {
+      json payloads = json::array();
+      json keys = json::array();
+      for (auto index : group.commands) {
+        payloads.push_back(commands[index].payload);
+        keys.push_back({{"s", commands[index].scope}, {"k", commands[index].idempotency_key}});
+      }
+      pqxx::result rows;
+      try {
+        rows = txn.exec_params(group.bulk_sql, payloads.dump(), keys.dump());
+      } catch (const pqxx::sql_error& e) {
+        if (is_payload_refusal(e.sqlstate())) throw BulkRefused{group.identity};
+        throw;
+      }
+      const auto expected = group.commands.size();
+      if (rows.size() != expected || rows[0][1].as<std::size_t>() != expected) {
+        throw BulkRefused{group.identity};
+      }
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        auto& outcome = outcomes[slot_of.at(group.commands[i])];
+        outcome.kind = EntityOutcome::Kind::created;
+        outcome.entity = json::parse(rows[i][0].c_str());
+        outcome.stored = true;
+      }
+      continue;
+    }
+    write_group_per_row(txn, commands, group, outcomes, slot_of);
+  }
+  return outcomes;
+}
+
+void PostgresKeyStore::Impl::write_group_per_row(
+    pqxx::work& txn, std::span<const Command> commands, const EntityGroup& group,
+    std::vector<EntityOutcome>& outcomes,
+    const std::unordered_map<std::size_t, std::size_t>& slot_of) {
+  json payloads = json::array();
+  for (auto index : group.commands) payloads.push_back(commands[index].payload);
+  const auto rows = txn.exec_prepared(kWriteEach, payloads.dump(), group.per_row_sql);
+  if (rows.size() != group.commands.size()) {
+    throw PermanentDatabaseError("write_entity returned a wrong number of rows", "");
+  }
+  for (const auto& row : rows) {
+    const auto ordinal = row[0].as<std::size_t>();  // 1-based
+    auto& outcome = outcomes[slot_of.at(group.commands.at(ordinal - 1))];
+    const auto answer = json::parse(row[1].c_str());
+    if (answer.at("ok").get<bool>()) {
+      outcome.kind = EntityOutcome::Kind::created;
+      outcome.entity = answer.at("entity");
+    } else if (answer.at("kind") == "conflict") {
+      outcome.kind = EntityOutcome::Kind::conflict;
+      outcome.error = json{{"code", "conflict"},
+                           {"message", answer.at("message")},
+                           {"constraint", answer.at("constraint")},
+                           {"sqlstate", answer.at("sqlstate")}};
+    } else {
+      outcome.kind = EntityOutcome::Kind::invalid;
+      outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})",
+                                   answer.at("message").get<std::string>(),
+                                   answer.at("sqlstate").get<std::string>());
+    }
+  }
+}
+
+std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::work& txn,
+                                                       std::span<const Command> commands,
+                                                       Timestamp now) {
+  const auto now_text = pg::to_pg_timestamp(now);
+  const auto expires_text = pg::to_pg_timestamp(now + options.key_ttl);
+
+  std::vector<std::optional<CommandResult>> results(commands.size());
+  std::vector<std::string> ids(commands.size());
+  for (std::size_t i = 0; i < commands.size(); ++i) ids[i] = key_id(commands[i]);
+
+  std::unordered_map<std::string, StoredKey> known;  // key rows settled in this transaction
+  std::unordered_set<std::string> cross_scope;       // keys claimed here that another scope uses
+  std::vector<std::size_t> pending(commands.size());
+  std::iota(pending.begin(), pending.end(), std::size_t{0});
+
+  for (int round = 0; !pending.empty(); ++round) {
+    if (round == kMaxRounds) {
+      throw TransientDatabaseError("key rows kept changing under the batch; retrying", "");
+    }
+    // Leaders: the first pending command of every key that is not settled yet.
+    std::vector<std::size_t> leaders;
+    std::unordered_map<std::string, std::size_t> leader_of;
+    for (auto i : pending) {
+      if (!known.contains(ids[i]) && leader_of.try_emplace(ids[i], i).second) leaders.push_back(i);
+    }
+
+    std::vector<std::size_t> claimed;
+    if (!leaders.empty()) {
+      std::unordered_set<std::size_t> claimed_set;
+      std::unordered_set<std::size_t> settled;  // claimed, found live, or found expired
+      json reclaim = json::array();
+      // A key row as both statements return it: claimed by us, or committed before.
+      auto take_row = [&](const pqxx::row& row) {
+        const auto i = leader_of.at(key_id(row[1].c_str(), row[2].c_str()));
+        settled.insert(i);
+        if (row[0].as<bool>()) {
+          claimed_set.insert(i);
+          if (row[3].as<bool>()) cross_scope.insert(ids[i]);
+          return;
+        }
+        if (row[9].as<bool>()) {  // expired: absent, unless someone re-claims it first
+          reclaim.push_back(claim_row(commands[i]));
+          return;
+        }
+        const std::string status = row[6].c_str();
+        if (status == "pending") {
+          throw TransientDatabaseError("found an uncommitted key row; retrying", "");
+        }
+        StoredKey stored;
+        stored.command_type = row[4].c_str();
+        stored.fingerprint = fingerprint_from_hex(row[5].c_str());
+        stored.status = status == "created" ? Status::created : Status::conflict;
+        const auto result = json::parse(row[7].c_str());
+        stored.entity = result.value("entity", json());
+        stored.error = result.value("error", json());
+        stored.first_processed_at = Timestamp(std::chrono::microseconds(row[8].as<std::int64_t>()));
+        stored.source = {row[10].c_str(), row[11].as<std::int32_t>(), row[12].as<std::int64_t>()};
+        known.emplace(ids[i], std::move(stored));
+      };
+
+      // 1. claim the new keys, read the known ones
+      json rows = json::array();
+      for (auto i : leaders) rows.push_back(claim_row(commands[i]));
+      for (const auto& row : txn.exec_prepared(kClaim, rows.dump(), now_text, expires_text)) {
+        take_row(row);
+      }
+      // Two scopes claiming one key inside this batch: the statement's snapshot cannot see it.
+      std::unordered_map<std::string_view, std::string_view> scope_of_key;
+      for (auto i : leaders) {
+        const auto [it, inserted] =
+            scope_of_key.try_emplace(commands[i].idempotency_key, commands[i].scope);
+        if (!inserted && it->second != commands[i].scope && claimed_set.contains(i)) {
+          cross_scope.insert(ids[i]);
+        }
+      }
+
+      // 2. keys a concurrent batch committed while we waited: read them with a new snapshot
+      json lost = json::array();
+      for (auto i : leaders) {
+        if (!settled.contains(i)) {
+          lost.push_back({{"s", commands[i].scope}, {"k", commands[i].idempotency_key}});
+        }
+      }
+      if (!lost.empty()) {
+        for (const auto& row : txn.exec_prepared(kLookup, lost.dump(), now_text)) take_row(row);
+      }
+      if (!reclaim.empty()) {
+        for (const auto& row : txn.exec_prepared(kReclaim, reclaim.dump(), now_text, expires_text)) {
+          const auto i = leader_of.at(key_id(row[0].c_str(), row[1].c_str()));
+          claimed_set.insert(i);
+          if (row[2].as<bool>()) cross_scope.insert(ids[i]);
+        }
+      }
+      for (auto i : leaders) {
+        if (claimed_set.contains(i)) claimed.push_back(i);
+      }
+    }
+
+    if (!claimed.empty()) {
+      // 3. write the entities, 4. store the final results
+      const auto outcomes = write_entities(txn, commands, claimed);
+      json stored_rows = json::array();
+      json forgotten = json::array();
+      for (std::size_t slot = 0; slot < claimed.size(); ++slot) {
+        const auto i = claimed[slot];
+        const Command& command = commands[i];
+        const auto& outcome = outcomes[slot];
+        if (outcome.kind == EntityOutcome::Kind::invalid) {
+          forgotten.push_back({{"s", command.scope}, {"k", command.idempotency_key}});
+          RejectedCommand rejected{.source = command.source,
+                                   .rejection = {RejectCode::invalid_payload, outcome.reason},
+                                   .scope = command.scope,
+                                   .idempotency_key = command.idempotency_key,
+                                   .type = command.type->name,
+                                   .missing_key = command.natural_key};
+          results[i] = make_rejected_result(rejected, now);
+          results[i]->natural_key = command.natural_key;
+          continue;
+        }
+        const bool already_stored = outcome.stored;
+        StoredKey stored{.command_type = command.type->name,
+                         .fingerprint = command.fingerprint,
+                         .status = outcome.kind == EntityOutcome::Kind::created ? Status::created
+                                                                                : Status::conflict,
+                         .entity = outcome.entity,
+                         .error = outcome.error,
+                         .first_processed_at = now,
+                         .source = command.source};
+        if (!already_stored) {
+          stored_rows.push_back({{"s", command.scope},
+                                 {"k", command.idempotency_key},
+                                 {"st", to_string(stored.status)},
+                                 {"r", {{"entity", stored.entity}, {"error", stored.error}}}});
+        }
+        known.emplace(ids[i], std::move(stored));
+      }
+      if (!stored_rows.empty()) txn.exec_prepared0(kStoreResults, stored_rows.dump());
+      if (!forgotten.empty()) txn.exec_prepared0(kForget, forgotten.dump());
+    }
+
+    // 5. answer every pending command whose key is settled
+    std::vector<std::size_t> still_pending;
+    for (auto i : pending) {
+      if (results[i]) continue;  // refused by Postgres above
+      const auto it = known.find(ids[i]);
+      if (it == known.end()) {
+        still_pending.push_back(i);
+        continue;
+      }
+      results[i] = resolve_stored(commands[i], it->second, now);
+      // Only the claimant of a key new in this transaction reports cross-scope reuse, and only
+      // for a key the client sent: the same natural key in two tenants is two tenants having the
+      // same field values, not a key leaking between them.
+      results[i]->cross_scope_key_reuse = !commands[i].natural_key &&
+                                          it->second.source == commands[i].source &&
+                                          cross_scope.contains(ids[i]);
+    }
+    pending = std::move(still_pending);
+  }
+
+  std::vector<CommandResult> answered;
+  answered.reserve(results.size());
+  for (auto& result : results) answered.push_back(std::move(*result));
+  return answered;
+}
+
+PostgresKeyStore::PostgresKeyStore(PostgresOptions options, const CommandCatalog& catalog,
+                                   Observer* observer)
+    : impl_(std::make_unique<Impl>(std::move(options), catalog, observer)) {
+  if (impl_->options.key_ttl <= std::chrono::seconds::zero()) {
+    throw ConfigError("--key-ttl", "must be positive");
+  }
+  if (impl_->options.max_attempts < 1) throw ConfigError("max_attempts", "must be at least 1");
+  impl_->check_schema_and_tables();
+}
+
+PostgresKeyStore::~PostgresKeyStore() = default;
+
+std::size_t PostgresKeyStore::retried_attempts() const noexcept { return impl_->retried; }
+
+std::vector<CommandResult> PostgresKeyStore::apply(std::span<const Command> commands,
+                                                   Timestamp now) {
+  if (commands.empty()) return {};
+  impl_->per_row_groups.clear();
+  for (int attempt = 1;; ++attempt) {
+    try {
+      try {
+        pqxx::work txn(impl_->conn());
+        auto results = impl_->run(txn, commands, now);
+        txn.commit();
+        return results;
+      } catch (const BulkRefused& refused) {
+        // Not a failure: the transaction rolled back (pqxx::work's destructor) and is redone
+        // with that group row by row. Each group can be refused once, so this ends.
+        if (!impl_->per_row_groups.insert(refused.identity).second) {
+          throw PermanentDatabaseError("bulk insert of " + refused.identity + " refused twice", "");
+        }
+        --attempt;
+        continue;
+      } catch (...) {
+        pg::rethrow_classified("applying a batch");
+      }
+    } catch (const TransientDatabaseError&) {
+      if (impl_->observer) impl_->observer->on_db_error(DbErrorKind::transient);
+      if (impl_->connection && !impl_->connection->is_open()) impl_->connection.reset();
+      if (attempt >= impl_->options.max_attempts) throw;
+      ++impl_->retried;
+      impl_->backoff(attempt);
+    } catch (const PermanentDatabaseError&) {
+      if (impl_->observer) impl_->observer->on_db_error(DbErrorKind::permanent);
+      throw;
+    }
+  }
+}
+
+}  // namespace dedup

@@ -1,0 +1,391 @@
+// The Kafka clients against librdkafka's mock cluster: bytes survive the round trip, commits are
+// where a new group member resumes, delivery waits for every report, dead letters are faithful.
+#include <atomic>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "dedup/kafka/consumer.hpp"
+#include "dedup/kafka/mock_cluster.hpp"
+#include "dedup/kafka/producer.hpp"
+#include "support/kafka_test_util.hpp"
+
+namespace dedup::kafka {
+namespace {
+
+using namespace std::chrono_literals;
+using test::fast_group_settings;
+using test::read_topic;
+using test::unique_name;
+using test::write_records;
+
+std::string binary(std::initializer_list<int> bytes) {
+  std::string out;
+  for (int b : bytes) out.push_back(static_cast<char>(b));
+  return out;
+}
+
+class KafkaClientTest : public ::testing::Test {
+ protected:
+  MockCluster cluster_;
+  std::string brokers_ = cluster_.bootstraps();
+};
+
+TEST_F(KafkaClientTest, RoundTripKeepsKeysValuesAndHeadersByteForByte) {
+  cluster_.create_topic("roundtrip", 1);
+  std::vector<OutboundRecord> records = {
+      {"roundtrip", "key-1", R"({"a":1})",
+       {{"h1", "v1"}, {"null-header", std::nullopt}, {"empty-header", ""}, {"h1", "again"}}},
+      {"roundtrip", std::nullopt, "value without key", {}},
+      {"roundtrip", "tombstone", std::nullopt, {}},
+      {"roundtrip", "", "", {}},
+      {"roundtrip", binary({0, 255, 10, 0}), binary({0, 1, 2, 128, 0}), {{"bin", binary({0, 200})}}},
+  };
+  write_records(brokers_, records);
+
+  const auto read = read_topic(brokers_, "roundtrip", records.size());
+  ASSERT_EQ(read.size(), records.size());
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(read[i].source.topic, "roundtrip");
+    EXPECT_EQ(read[i].source.offset, static_cast<std::int64_t>(i));
+    EXPECT_EQ(read[i].key, records[i].key);
+    EXPECT_EQ(read[i].value, records[i].value);
+    ASSERT_EQ(read[i].headers.size(), records[i].headers.size());
+    for (std::size_t h = 0; h < records[i].headers.size(); ++h) {
+      EXPECT_EQ(read[i].headers[h].name, records[i].headers[h].name);
+      EXPECT_EQ(read[i].headers[h].value, records[i].headers[h].value);
+    }
+    EXPECT_TRUE(read[i].timestamp_ms.has_value());
+  }
+}
+
+TEST_F(KafkaClientTest, BatchesKeepPerPartitionOrderAndRespectLimits) {
+  cluster_.create_topic("ordered", 3);
+  std::vector<OutboundRecord> records;
+  for (int i = 0; i < 60; ++i) {
+    records.push_back({"ordered", "k" + std::to_string(i % 7), std::to_string(i), {}});
+  }
+  write_records(brokers_, records);
+
+  Observer observer;
+  Consumer consumer({brokers_, unique_name("g"), {"ordered"}, fast_group_settings()}, observer);
+  std::vector<InboundRecord> all;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (all.size() < records.size() && std::chrono::steady_clock::now() < deadline) {
+    auto batch = consumer.poll_batch(8, 1 << 20, 200ms);
+    EXPECT_LE(batch.size(), 8u);
+    for (auto& r : batch) all.push_back(std::move(r));
+  }
+  ASSERT_EQ(all.size(), records.size());
+  std::map<std::int32_t, std::int64_t> last;
+  std::map<std::string, int> last_value_per_key;
+  for (const auto& r : all) {
+    auto [it, inserted] = last.try_emplace(r.source.partition, r.source.offset);
+    if (!inserted) {
+      EXPECT_EQ(r.source.offset, it->second + 1) << "partition " << r.source.partition;
+      it->second = r.source.offset;
+    }
+    // Same key, same partition: values come in the order they were produced.
+    const int value = std::stoi(*r.value);
+    auto [kit, kinserted] = last_value_per_key.try_emplace(*r.key, value);
+    if (!kinserted) {
+      EXPECT_GT(value, kit->second);
+      kit->second = value;
+    }
+  }
+  EXPECT_EQ(consumer.assigned_count(), 3u);
+
+  // A byte limit smaller than one record still yields one record per batch.
+  write_records(brokers_, std::vector<OutboundRecord>{{"ordered", "k0", std::string(100, 'x'), {}},
+                                                      {"ordered", "k0", std::string(100, 'y'), {}}});
+  std::vector<InboundRecord> big;
+  while (big.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    auto batch = consumer.poll_batch(100, 10, 200ms);
+    EXPECT_LE(batch.size(), 1u);
+    for (auto& r : batch) big.push_back(std::move(r));
+  }
+  EXPECT_EQ(big.size(), 2u);
+}
+
+TEST_F(KafkaClientTest, NewGroupMemberResumesFromCommittedOffset) {
+  cluster_.create_topic("resume", 1);
+  std::vector<OutboundRecord> records;
+  for (int i = 0; i < 10; ++i) records.push_back({"resume", std::nullopt, std::to_string(i), {}});
+  write_records(brokers_, records);
+  const std::string group = unique_name("resume-group");
+
+  {
+    Observer observer;
+    Consumer first({brokers_, group, {"resume"}, fast_group_settings()}, observer);
+    std::vector<InboundRecord> read;
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (read.size() < 10 && std::chrono::steady_clock::now() < deadline) {
+      for (auto& r : first.poll_batch(100, 1 << 20, 200ms)) read.push_back(std::move(r));
+    }
+    ASSERT_EQ(read.size(), 10u);
+    // Only the first six were "processed".
+    const std::vector<InboundRecord> processed(read.begin(), read.begin() + 6);
+    const auto offsets = next_offsets(processed);
+    ASSERT_EQ(offsets.size(), 1u);
+    EXPECT_EQ(offsets[0].next_offset, 6);
+    const CommitOutcome outcome = first.commit(offsets);
+    ASSERT_TRUE(outcome.ok) << outcome.error;
+    first.close();  // leave the group now rather than after a session timeout
+  }
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "resume", 1), std::vector<std::int64_t>{6});
+
+  Observer observer;
+  Consumer second({brokers_, group, {"resume"}, fast_group_settings()}, observer);
+  std::vector<InboundRecord> rest;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (rest.size() < 4 && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : second.poll_batch(100, 1 << 20, 200ms)) rest.push_back(std::move(r));
+  }
+  ASSERT_EQ(rest.size(), 4u);
+  EXPECT_EQ(rest.front().source.offset, 6);
+  EXPECT_EQ(*rest.front().value, "6");
+}
+
+TEST_F(KafkaClientTest, PausedConsumerServesTheGroupButDeliversNothingUntilResumed) {
+  cluster_.create_topic("paused", 2);
+  Observer observer;
+  Consumer consumer({brokers_, unique_name("g"), {"paused"}, fast_group_settings()}, observer);
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (consumer.assigned_count() < 2 && std::chrono::steady_clock::now() < deadline) {
+    consumer.serve(100ms);
+  }
+  ASSERT_EQ(consumer.assigned_count(), 2u);
+
+  consumer.pause_all();
+  std::vector<OutboundRecord> records;
+  for (int i = 0; i < 6; ++i) records.push_back({"paused", std::to_string(i), "v", {}});
+  write_records(brokers_, records);
+  consumer.serve(1500ms);
+  EXPECT_TRUE(consumer.poll_batch(100, 1 << 20, 300ms).empty());
+
+  consumer.resume_all();
+  std::vector<InboundRecord> read;
+  while (read.size() < 6 && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : consumer.poll_batch(100, 1 << 20, 200ms)) read.push_back(std::move(r));
+  }
+  EXPECT_EQ(read.size(), 6u);
+}
+
+TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
+  cluster_.create_topic("coop", 2);
+  KafkaSettings settings = fast_group_settings();
+  settings[config_key::kPartitionAssignmentStrategy] = "cooperative-sticky";
+  const std::string group = unique_name("coop");
+  Observer observer;
+  Consumer first({brokers_, group, {"coop"}, settings}, observer);
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (first.assigned_count() < 2 && std::chrono::steady_clock::now() < deadline) {
+    first.serve(100ms);
+  }
+  ASSERT_EQ(first.assigned_count(), 2u);
+  EXPECT_TRUE(first.take_revoked().empty());
+
+  Consumer second({brokers_, group, {"coop"}, settings}, observer);
+  while ((first.assigned_count() != 1 || second.assigned_count() != 1) &&
+         std::chrono::steady_clock::now() < deadline) {
+    first.serve(50ms);
+    second.serve(50ms);
+  }
+  EXPECT_EQ(first.assigned_count(), 1u);
+  EXPECT_EQ(second.assigned_count(), 1u);
+  EXPECT_EQ(first.take_revoked().size(), 1u);  // only the partition that moved
+  EXPECT_TRUE(second.take_revoked().empty());
+}
+
+TEST_F(KafkaClientTest, ProducerWaitsForEveryAcknowledgement) {
+  cluster_.create_topic("acks", 2);
+  cluster_.set_rtt(-1, 300);  // every response takes 300 ms
+  Observer observer;
+  Producer producer({brokers_, {}}, observer);
+  std::vector<OutboundRecord> records;
+  for (int i = 0; i < 50; ++i) records.push_back({"acks", std::to_string(i), "v", {}});
+
+  const auto start = std::chrono::steady_clock::now();
+  const BatchDelivery delivery = producer.send_batch(records);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(delivery.ok()) << delivery.first_error;
+  EXPECT_EQ(delivery.delivered, records.size());
+  EXPECT_GE(took, 300ms);  // it did wait for the (slow) acknowledgements
+  cluster_.set_rtt(-1, 0);
+  EXPECT_EQ(read_topic(brokers_, "acks", records.size()).size(), records.size());
+}
+
+TEST_F(KafkaClientTest, ProducerRefusesSettingsThatBreakTheGuarantees) {
+  Observer observer;
+  try {
+    Producer producer({brokers_, {{"enable.idempotence", "false"}}}, observer);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "-X enable.idempotence");
+  }
+  EXPECT_THROW(Producer({brokers_, {{"acks", "1"}}}, observer), ConfigError);
+  // ... also through an alias.
+  EXPECT_THROW(Producer({brokers_, {{"request.required.acks", "1"}}}, observer), ConfigError);
+  EXPECT_NO_THROW(Producer({brokers_, {{"request.required.acks", "-1"}}}, observer));
+  EXPECT_THROW(Producer({brokers_, {{"no.such.property", "1"}}}, observer), ConfigError);
+  EXPECT_THROW(Consumer({brokers_, "g", {"t"}, {{"enable.auto.commit", "true"}}}, observer),
+               ConfigError);
+  // Restating a forced value is fine.
+  EXPECT_NO_THROW(Producer({brokers_, {{"acks", "all"}, {"linger.ms", "1"}}}, observer));
+}
+
+TEST_F(KafkaClientTest, DeadLetterCarriesOriginalBytesAndHeadersPlusFive) {
+  cluster_.create_topic("commands", 1);
+  cluster_.create_topic("commands.dlq", 1);
+  InboundRecord original;
+  original.source = {"commands", 0, 0};
+  original.key = binary({1, 0, 2});
+  original.value = binary({'{', 0, 0xff});
+  original.headers = {{"idempotency-key", "k-1"}, {"trace", std::nullopt}, {"raw", binary({0, 9})}};
+  write_records(brokers_, std::vector<OutboundRecord>{
+                              {"commands", original.key, original.value, original.headers}});
+  const auto consumed = read_topic(brokers_, "commands", 1);
+  ASSERT_EQ(consumed.size(), 1u);
+
+  const Rejection rejection{RejectCode::invalid_json, "value is not valid JSON: byte 1"};
+  write_records(brokers_, std::vector<OutboundRecord>{
+                              make_dead_letter(consumed[0], rejection, "commands.dlq")});
+  const auto dead = read_topic(brokers_, "commands.dlq", 1);
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].key, original.key);
+  EXPECT_EQ(dead[0].value, original.value);
+  ASSERT_EQ(dead[0].headers.size(), original.headers.size() + 5);
+  for (std::size_t i = 0; i < original.headers.size(); ++i) {
+    EXPECT_EQ(dead[0].headers[i].name, original.headers[i].name);
+    EXPECT_EQ(dead[0].headers[i].value, original.headers[i].value);
+  }
+  auto header = [&](std::string_view name) -> std::string {
+    const RecordHeader* h = dead[0].find_header(name);
+    return h && h->value ? *h->value : "<missing>";
+  };
+  EXPECT_EQ(header(kDlqErrorCodeHeader), "invalid_json");
+  EXPECT_EQ(header(kDlqErrorMessageHeader), rejection.message);
+  EXPECT_EQ(header(kDlqSourceTopicHeader), "commands");
+  EXPECT_EQ(header(kDlqSourcePartitionHeader), "0");
+  EXPECT_EQ(header(kDlqSourceOffsetHeader), "0");
+}
+
+TEST(KafkaRecords, ResultRecordIsKeyedByScopeAndKey) {
+  CommandResult result;
+  result.status = Status::created;
+  result.scope = "org-1";
+  result.idempotency_key = "k-1";
+  result.type = "todo.create";
+  result.entity = {{"id", 1}};
+  result.source = {"commands", 2, 7};
+  const OutboundRecord record = make_result_record(result, "commands.results");
+  EXPECT_EQ(record.topic, "commands.results");
+  EXPECT_EQ(record.key, "org-1/k-1");
+  ASSERT_TRUE(record.value);
+  EXPECT_EQ(nlohmann::json::parse(*record.value), result.to_json());
+  EXPECT_TRUE(record.headers.empty());
+
+  CommandResult rejected;
+  rejected.error = {{"code", "invalid_json"}, {"message", std::string("bad byte \xff here")}};
+  const OutboundRecord keyless = make_result_record(rejected, "r");
+  EXPECT_FALSE(keyless.key.has_value());
+  EXPECT_TRUE(nlohmann::json::accept(*keyless.value));  // invalid UTF-8 was replaced
+}
+
+TEST(KafkaRecords, NextOffsetsIsHighestPlusOnePerPartition) {
+  std::vector<InboundRecord> records(5);
+  records[0].source = {"t", 0, 4};
+  records[1].source = {"t", 1, 10};
+  records[2].source = {"t", 0, 5};
+  records[3].source = {"u", 0, 1};
+  records[4].source = {"t", 1, 11};
+  const auto offsets = next_offsets(records);
+  ASSERT_EQ(offsets.size(), 3u);
+  EXPECT_EQ(offsets[0].topic, "t");
+  EXPECT_EQ(offsets[0].next_offset, 6);
+  EXPECT_EQ(offsets[1].next_offset, 12);
+  EXPECT_EQ(offsets[2].topic, "u");
+  EXPECT_EQ(offsets[2].next_offset, 2);
+}
+
+TEST(KafkaRecords, TopicSpecParsing) {
+  EXPECT_EQ(parse_topic_spec("commands").partitions, 1);
+  const TopicSpec spec = parse_topic_spec("commands:4");
+  EXPECT_EQ(spec.name, "commands");
+  EXPECT_EQ(spec.partitions, 4);
+  EXPECT_THROW(parse_topic_spec("commands:0"), ConfigError);
+  EXPECT_THROW(parse_topic_spec("commands:x"), ConfigError);
+  EXPECT_THROW(parse_topic_spec(":3"), ConfigError);
+}
+
+TEST_F(KafkaClientTest, ConsumerReportsLagFromWatermarks) {
+  cluster_.create_topic("lagging", 1);
+  std::vector<OutboundRecord> records;
+  for (int i = 0; i < 10; ++i) records.push_back({"lagging", std::nullopt, "v", {}});
+  write_records(brokers_, records);
+  test::RecordingObserver observer;
+  Consumer consumer({brokers_, unique_name("g"), {"lagging"}, fast_group_settings()}, observer);
+  std::vector<InboundRecord> read;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (read.empty() && std::chrono::steady_clock::now() < deadline) {
+    read = consumer.poll_batch(4, 1 << 20, 200ms);
+  }
+  ASSERT_EQ(read.size(), 4u);
+  consumer.report_lag();
+  const auto lag = observer.lag();
+  ASSERT_TRUE(lag.contains(0));
+  EXPECT_EQ(lag.at(0), 6);  // 10 written, 4 handed out (the rest fetched but not handed out)
+}
+
+TEST(DevBroker, WritesBootstrapFileAtomicallyAndServesUntilStopped) {
+  const auto dir = std::filesystem::temp_directory_path() / unique_name("dev-broker");
+  std::filesystem::create_directories(dir);
+  DevBrokerOptions options;
+  options.topics = {{"commands", 3}, {"commands.results", 1}};
+  options.bootstrap_file = dir / "bootstrap";
+  std::atomic<bool> stop{false};
+  std::ostringstream out;
+  std::exception_ptr failure;
+  std::thread broker([&] {
+    try {
+      serve_dev_broker(options, out, stop);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!std::filesystem::exists(options.bootstrap_file) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  std::string address;
+  std::ifstream(options.bootstrap_file) >> address;
+  EXPECT_NE(address.find("127.0.0.1:"), std::string::npos);
+
+  write_records(address, std::vector<OutboundRecord>{{"commands", "k", "v", {}}});
+  const auto read = read_topic(address, "commands", 1);
+  ASSERT_EQ(read.size(), 1u);
+  {
+    // The three partitions exist.
+    Observer observer;
+    Consumer consumer({address, unique_name("g"), {"commands"}, fast_group_settings()}, observer);
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (consumer.assigned_count() < 3 && std::chrono::steady_clock::now() < until) {
+      consumer.serve(100ms);
+    }
+    EXPECT_EQ(consumer.assigned_count(), 3u);
+  }
+
+  stop = true;
+  broker.join();
+  if (failure) std::rethrow_exception(failure);
+  EXPECT_EQ(out.str(), address + "\n");
+  EXPECT_FALSE(std::filesystem::exists(options.bootstrap_file));
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dedup::kafka

@@ -1,0 +1,144 @@
+// Crash tests: a worker process SIGKILLs itself at a failpoint (DEDUP_FAILPOINT), and a successor
+// worker in the same group must find every record not yet committed and publish its result.
+// The stores of the two processes are separate (in memory), so this checks the Kafka side of the
+// contract: offsets are committed only after results are acknowledged. The Postgres side (the
+// replayed result is the original one) is covered by the end-to-end suites with a real database.
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <map>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "dedup/kafka/mock_cluster.hpp"
+#include "dedup/processor.hpp"
+#include "dedup/worker.hpp"
+#include "support/kafka_test_util.hpp"
+
+extern char** environ;
+
+namespace dedup {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Runs the child worker with `failpoint` armed; returns its wait status.
+int run_child(const std::string& brokers, const std::string& group, const std::string& failpoint,
+              int max_batch) {
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).starts_with(std::string(kFailpointEnv) + "=")) continue;
+    env_storage.emplace_back(*e);
+  }
+  env_storage.push_back(std::string(kFailpointEnv) + "=" + failpoint);
+  std::vector<char*> envp;
+  for (auto& e : env_storage) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  std::string program = DEDUP_KAFKA_WORKER_CHILD;
+  std::string topic = "commands";
+  std::string batch = std::to_string(max_batch);
+  std::vector<char*> argv = {program.data(), const_cast<char*>(brokers.c_str()),
+                             const_cast<char*>(group.c_str()), topic.data(), batch.data(), nullptr};
+  pid_t pid = 0;
+  EXPECT_EQ(posix_spawn(&pid, program.c_str(), nullptr, nullptr, argv.data(), envp.data()), 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+class WorkerCrashTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    cluster_.create_topic("commands", 1);
+    cluster_.create_topic("commands.results", 1);
+    cluster_.create_topic("commands.dlq", 1);
+    std::vector<kafka::OutboundRecord> input;
+    for (int i = 0; i < kRecords; ++i) {
+      const std::string key = "k" + std::to_string(i);
+      input.push_back({"commands", "org/" + key, test::command_json(key, "org", "todo.create"), {}});
+    }
+    test::write_records(brokers_, input);
+  }
+
+  // Results on the results topic, counted per source offset.
+  std::map<std::int64_t, int> results_per_offset() {
+    std::map<std::int64_t, int> out;
+    const std::size_t size = test::topic_size(brokers_, "commands.results");
+    for (const auto& r : test::read_topic(brokers_, "commands.results", size)) {
+      ++out[nlohmann::json::parse(*r.value).at("source").at("offset").get<std::int64_t>()];
+    }
+    return out;
+  }
+
+  // A successor worker in the same group runs until every record has a result.
+  void run_successor(std::size_t expected_results) {
+    test::FakeKeyStore store;
+    SystemClock clock;
+    test::RecordingObserver observer;
+    Processor processor(test::test_catalog(), store, clock, observer, ParseOptions{});
+    WorkerOptions options;
+    options.brokers = brokers_;
+    options.group = group_;
+    options.kafka_settings = test::fast_group_settings();
+    options.max_batch_wait = 100ms;
+    Worker worker(options, processor, observer);
+    std::thread thread([&] { EXPECT_EQ(worker.run(), 0); });
+    // The killed member holds the partition until its 6 s session times out.
+    const auto deadline = std::chrono::steady_clock::now() + 40s;
+    while (observer.published().size() < expected_results &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(50ms);
+    }
+    worker.request_stop();
+    thread.join();
+    EXPECT_EQ(observer.published().size(), expected_results);
+  }
+
+  static constexpr int kRecords = 8;
+  kafka::MockCluster cluster_;
+  std::string brokers_ = cluster_.bootstraps();
+  std::string group_ = test::unique_name("crash");
+};
+
+bool killed(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
+
+TEST_F(WorkerCrashTest, CrashAfterDatabaseCommitPublishesNothingAndSuccessorProcessesAll) {
+  ASSERT_TRUE(killed(run_child(brokers_, group_, "after_db_commit", 3)));
+  EXPECT_TRUE(results_per_offset().empty());
+  EXPECT_EQ(test::committed_offsets(brokers_, group_, "commands", 1)[0], RD_KAFKA_OFFSET_INVALID);
+  run_successor(kRecords);
+  const auto results = results_per_offset();
+  ASSERT_EQ(results.size(), static_cast<std::size_t>(kRecords));
+  for (const auto& [offset, count] : results) EXPECT_EQ(count, 1) << offset;
+}
+
+TEST_F(WorkerCrashTest, CrashAfterResultsAckedLeavesOffsetsUncommittedSoResultsAreRepublished) {
+  ASSERT_TRUE(killed(run_child(brokers_, group_, "after_results_acked", 3)));
+  const auto before = results_per_offset();
+  ASSERT_FALSE(before.empty());  // the first batch's results were out before the crash
+  EXPECT_EQ(test::committed_offsets(brokers_, group_, "commands", 1)[0], RD_KAFKA_OFFSET_INVALID);
+  run_successor(kRecords);  // everything is read again: nothing was committed
+  const auto after = results_per_offset();
+  ASSERT_EQ(after.size(), static_cast<std::size_t>(kRecords));
+  for (const auto& [offset, count] : after) EXPECT_EQ(count, before.contains(offset) ? 2 : 1);
+}
+
+TEST_F(WorkerCrashTest, CrashBeforeSecondCommitResumesAfterTheFirstCommittedBatch) {
+  ASSERT_TRUE(killed(run_child(brokers_, group_, "before_offset_commit:2", 3)));
+  const std::int64_t committed = test::committed_offsets(brokers_, group_, "commands", 1)[0];
+  ASSERT_GT(committed, 0);  // the first batch was committed
+  const auto before = results_per_offset();
+  run_successor(static_cast<std::size_t>(kRecords - committed));
+  const auto after = results_per_offset();
+  ASSERT_EQ(after.size(), static_cast<std::size_t>(kRecords));
+  for (const auto& [offset, count] : after) {
+    // Committed records are never read again; the rest were published by both processes at most.
+    if (offset < committed) EXPECT_EQ(count, 1) << offset;
+    else EXPECT_EQ(count, before.contains(offset) ? 2 : 1) << offset;
+  }
+}
+
+}  // namespace
+}  // namespace dedup

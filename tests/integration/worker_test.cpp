@@ -1,0 +1,272 @@
+// The worker loop with a real Processor over an in-memory KeyStore, against the mock cluster:
+// one result per record, dead letters, commit after acknowledgement, retry on transient database
+// errors and failed publishing, stop on permanent errors, drain on shutdown.
+#include <atomic>
+#include <cstdlib>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "dedup/kafka/mock_cluster.hpp"
+#include "dedup/kafka/producer.hpp"
+#include "dedup/processor.hpp"
+#include "dedup/worker.hpp"
+#include "support/kafka_test_util.hpp"
+
+namespace dedup {
+namespace {
+
+using namespace std::chrono_literals;
+using kafka::OutboundRecord;
+using test::read_topic;
+
+template <typename Predicate>
+bool eventually(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return predicate();
+}
+
+// A worker on its own thread, as main() would run it.
+class RunningWorker {
+ public:
+  RunningWorker(WorkerOptions options, Processor& processor, Observer& observer)
+      : worker_(std::move(options), processor, observer),
+        thread_([this] { status_ = worker_.run(); }) {}
+  ~RunningWorker() {
+    worker_.request_stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  Worker& worker() { return worker_; }
+  int stop() {
+    worker_.request_stop();
+    return wait();
+  }
+  int wait() {
+    thread_.join();
+    return status_;
+  }
+
+ private:
+  Worker worker_;
+  std::atomic<int> status_{-1};
+  std::thread thread_;
+};
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    cluster_.create_topic("commands", 2);
+    cluster_.create_topic("commands.results", 1);
+    cluster_.create_topic("commands.dlq", 1);
+  }
+
+  WorkerOptions options() {
+    WorkerOptions o;
+    o.brokers = brokers_;
+    o.group = group_;
+    o.commands_topic = "commands";
+    o.kafka_settings = test::fast_group_settings();
+    o.max_batch_wait = 100ms;
+    o.backoff_initial = 50ms;
+    o.backoff_max = 400ms;
+    o.drain_timeout = 5s;
+    o.lag_report_interval = 100ms;
+    return o;
+  }
+
+  OutboundRecord command(std::string_view key, std::string_view payload = R"({"title":"t"})") {
+    return {"commands", "org/" + std::string(key), test::command_json(key, "org", "todo.create", payload),
+            {}};
+  }
+
+  std::int64_t total_committed(int partitions = 2) {
+    std::int64_t total = 0;
+    for (const std::int64_t offset : test::committed_offsets(brokers_, group_, "commands", partitions)) {
+      if (offset >= 0) total += offset;
+    }
+    return total;
+  }
+
+  kafka::MockCluster cluster_;
+  std::string brokers_ = cluster_.bootstraps();
+  std::string group_ = test::unique_name("worker");
+  test::FakeKeyStore store_;
+  SystemClock clock_;
+  test::RecordingObserver observer_;
+  Processor processor_{test::test_catalog(), store_, clock_, observer_, ParseOptions{}};
+};
+
+TEST_F(WorkerTest, PublishesOneResultPerRecordDeadLettersRejectsAndCommits) {
+  std::vector<OutboundRecord> input = {command("a"), command("b"), command("c"), command("d"),
+                                       {"commands", "junk", "not json", {{"trace", "t-1"}}},
+                                       command("a")};  // same partition as the first "a": after it
+  test::write_records(brokers_, input);
+
+  std::atomic<int> cleanups{0};
+  WorkerOptions o = options();
+  o.cleanup = [&] { ++cleanups; };
+  o.cleanup_interval = 100ms;
+  RunningWorker running(o, processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_TRUE(eventually([&] { return running.worker().ready(); }));
+  EXPECT_TRUE(eventually([&] { return cleanups >= 2; }));
+  EXPECT_TRUE(eventually([&] { return !observer_.lag().empty(); }));
+  EXPECT_EQ(running.stop(), 0);
+  EXPECT_FALSE(running.worker().ready());
+
+  const auto results = read_topic(brokers_, "commands.results", input.size());
+  ASSERT_EQ(results.size(), input.size());
+  std::multiset<std::string> statuses;
+  for (const auto& record : results) {
+    const auto doc = nlohmann::json::parse(*record.value);
+    statuses.insert(doc.at("status").get<std::string>());
+    if (doc.at("status") == "rejected") {
+      EXPECT_FALSE(record.key.has_value());
+    } else {
+      EXPECT_EQ(*record.key, "org/" + doc.at("idempotency_key").get<std::string>());
+    }
+  }
+  EXPECT_EQ(statuses, (std::multiset<std::string>{"created", "created", "created", "created",
+                                                  "duplicate", "rejected"}));
+
+  const auto dead = read_topic(brokers_, "commands.dlq", 1);
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].key, "junk");
+  EXPECT_EQ(dead[0].value, "not json");
+  EXPECT_EQ(dead[0].headers.front().name, "trace");
+  ASSERT_NE(dead[0].find_header("dedup-error-code"), nullptr);
+  EXPECT_EQ(dead[0].find_header("dedup-error-code")->value, "invalid_json");
+
+  EXPECT_EQ(total_committed(), static_cast<std::int64_t>(input.size()));
+  for (const double e2e : observer_.end_to_end()) EXPECT_GE(e2e, 0.0);
+}
+
+TEST_F(WorkerTest, TransientDatabaseErrorRetriesTheBatchAndPublishesOnlyAfterSuccess) {
+  store_.fail_transiently(3);
+  std::vector<OutboundRecord> input = {command("a"), command("b"), command("c")};
+  test::write_records(brokers_, input);
+
+  RunningWorker running(options(), processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return store_.calls() >= 2; }));
+  EXPECT_FALSE(running.worker().ready());  // not ready while the database fails
+  EXPECT_TRUE(observer_.published().empty());
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_TRUE(eventually([&] { return running.worker().ready(); }));
+  EXPECT_GE(store_.calls(), 4);
+
+  // More records after recovery flow normally (partitions were resumed).
+  test::write_records(brokers_, std::vector<OutboundRecord>{command("e")});
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size() + 1; }));
+  EXPECT_EQ(running.stop(), 0);
+
+  EXPECT_EQ(read_topic(brokers_, "commands.results", 4).size(), 4u);
+  EXPECT_EQ(total_committed(), 4);
+}
+
+TEST_F(WorkerTest, PermanentDatabaseErrorStopsWithStatusOneAndCommitsNothing) {
+  store_.fail_permanently();
+  test::write_records(brokers_, std::vector<OutboundRecord>{command("a")});
+  RunningWorker running(options(), processor_, observer_);
+  EXPECT_EQ(running.wait(), 1);
+  EXPECT_TRUE(observer_.published().empty());
+  EXPECT_EQ(total_committed(), 0);
+}
+
+TEST_F(WorkerTest, FailedPublishingIsRetriedAndReplaysTheSameResults) {
+  // The next produce requests fail with a non-retriable error: librdkafka reports the records
+  // failed, the worker must not commit, and must process and publish the batch again.
+  std::vector<OutboundRecord> input = {command("a"), command("b")};
+  test::write_records(brokers_, input);
+  cluster_.push_request_errors(kafka::ApiKey::produce,
+                               {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+                                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+                                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE});
+  RunningWorker running(options(), processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_EQ(running.stop(), 0);
+  EXPECT_GT(observer_.kafka_errors(), 0u);
+  EXPECT_GE(store_.calls(), 2);  // processed again after the failed publish
+
+  // Every record has a result, and every result is `created` (the replay for the same source
+  // position), never `duplicate`.
+  const auto results =
+      read_topic(brokers_, "commands.results", test::topic_size(brokers_, "commands.results"));
+  ASSERT_GE(results.size(), input.size());
+  std::set<std::pair<int, std::int64_t>> sources;
+  for (const auto& record : results) {
+    const auto doc = nlohmann::json::parse(*record.value);
+    EXPECT_EQ(doc.at("status"), "created");
+    EXPECT_EQ(doc.at("replayed"), false);
+    sources.insert({doc.at("source").at("partition").get<int>(),
+                    doc.at("source").at("offset").get<std::int64_t>()});
+  }
+  EXPECT_EQ(sources.size(), input.size());
+  EXPECT_EQ(total_committed(), 2);
+}
+
+TEST_F(WorkerTest, StopDuringDatabaseOutageAbandonsTheBatchWithinTheDrainTimeout) {
+  store_.fail_transiently(1'000'000);
+  test::write_records(brokers_, std::vector<OutboundRecord>{command("a"), command("b")});
+  WorkerOptions o = options();
+  o.drain_timeout = 1s;
+  RunningWorker running(o, processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return store_.calls() >= 1; }));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(running.stop(), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 8s);  // drain 1 s + leaving the group
+  EXPECT_TRUE(observer_.published().empty());
+  EXPECT_EQ(total_committed(), 0);  // the records will be read again
+}
+
+TEST_F(WorkerTest, RevokedPartitionsAreDroppedFromAStuckBatchAndServedByTheirNewOwner) {
+  // Worker A holds both partitions and is stuck on its database. Worker B joins: the rebalance,
+  // served by A during its backoff, moves a partition to B, which publishes its records while A
+  // drops them from its in-flight batch.
+  store_.fail_transiently(1'000'000);
+  std::vector<OutboundRecord> input;
+  for (int i = 0; i < 10; ++i) input.push_back(command("k" + std::to_string(i)));
+  test::write_records(brokers_, input);
+
+  RunningWorker a(options(), processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return store_.calls() >= 1; }));
+
+  test::FakeKeyStore healthy_store;
+  test::RecordingObserver b_observer;
+  Processor b_processor(test::test_catalog(), healthy_store, clock_, b_observer, ParseOptions{});
+  RunningWorker b(options(), b_processor, b_observer);
+  ASSERT_TRUE(eventually([&] { return !b_observer.published().empty(); }, 30s));
+  EXPECT_TRUE(observer_.published().empty());
+  // B got exactly one partition and published all of that partition's records.
+  EXPECT_TRUE(eventually([&] {
+    const auto offsets = test::committed_offsets(brokers_, group_, "commands", 2);
+    return (offsets[0] >= 0) != (offsets[1] >= 0);
+  }));
+  EXPECT_EQ(b.stop(), 0);
+  EXPECT_EQ(a.stop(), 0);
+}
+
+TEST_F(WorkerTest, RefusesAConfigurationThatWouldLoopOrLoseGuarantees) {
+  WorkerOptions o = options();
+  o.results_topic = "commands";
+  EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
+  o = options();
+  o.brokers.clear();
+  EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
+  o = options();
+  o.kafka_settings["enable.auto.commit"] = "true";
+  EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
+
+  ::setenv(kFailpointEnv, "no_such_point", 1);
+  EXPECT_THROW(Worker(options(), processor_, observer_), ConfigError);
+  ::setenv(kFailpointEnv, "after_db_commit:0", 1);
+  EXPECT_THROW(Worker(options(), processor_, observer_), ConfigError);
+  ::unsetenv(kFailpointEnv);
+}
+
+}  // namespace
+}  // namespace dedup

@@ -1,0 +1,115 @@
+#include "support/test_db.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <pqxx/pqxx>
+#include <stdexcept>
+
+#include "dedup/postgres.hpp"
+
+namespace dedup::test {
+namespace {
+
+std::string substitute(std::string_view sql, const std::string& schema, bool quote = true) {
+  std::string out(sql);
+  const std::string quoted = quote ? "\"" + schema + "\"" : schema;
+  for (std::size_t pos = 0; (pos = out.find("{schema}", pos)) != std::string::npos;) {
+    out.replace(pos, 8, quoted);
+    pos += quoted.size();
+  }
+  return out;
+}
+
+constexpr std::string_view kEntityTables = R"SQL(
+CREATE TABLE {schema}.todos (
+  id          bigserial PRIMARY KEY,
+  title       text NOT NULL,
+  description text,
+  due         date,
+  priority    integer
+);
+CREATE TABLE {schema}.appointments (
+  id              bigserial PRIMARY KEY,
+  professional_id integer NOT NULL,
+  starts_at       timestamptz NOT NULL,
+  ends_at         timestamptz NOT NULL CHECK (ends_at > starts_at),
+  CONSTRAINT appointments_no_overlap
+    EXCLUDE USING gist (professional_id WITH =, tstzrange(starts_at, ends_at) WITH &&)
+);
+CREATE TABLE {schema}.conversations (
+  id           bigserial PRIMARY KEY,
+  context_type text NOT NULL,
+  context_id   text NOT NULL,
+  created_by   text NOT NULL,
+  title        text,
+  CONSTRAINT conversations_natural_key UNIQUE (context_type, context_id, created_by)
+);
+)SQL";
+
+}  // namespace
+
+std::string test_db() {
+  const char* conninfo = std::getenv("DEDUP_TEST_DB");
+  if (!conninfo || !*conninfo) {
+    throw std::runtime_error(
+        "DEDUP_TEST_DB is not set: integration tests need a real Postgres; run scripts/test");
+  }
+  return conninfo;
+}
+
+TestSchema::TestSchema() {
+  static std::atomic<int> counter{0};
+  name_ = "dedup_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
+  conninfo_ = test_db();
+  {
+    pqxx::connection connection(conninfo_);
+    pqxx::work txn(connection);
+    // Parallel test processes would race on CREATE EXTENSION; serialize them.
+    txn.exec("SELECT pg_advisory_xact_lock(4242)");
+    txn.exec("CREATE EXTENSION IF NOT EXISTS btree_gist");
+    txn.exec("DROP SCHEMA IF EXISTS \"" + name_ + "\" CASCADE");
+    txn.commit();
+  }
+  migrate(conninfo_, name_);
+  exec(kEntityTables);
+  config_yaml_ = substitute(R"YAML(
+commands:
+  todo.create:
+    table: {schema}.todos
+  appointment.create:
+    sql: |
+      INSERT INTO {schema}.appointments (professional_id, starts_at, ends_at)
+      SELECT professional_id, starts_at, ends_at FROM jsonb_to_record($1)
+        AS x(professional_id int, starts_at timestamptz, ends_at timestamptz)
+      RETURNING *
+  conversation.create:
+    table: {schema}.conversations
+    key_from: [context_type, context_id, created_by]
+)YAML", name_, /*quote=*/false);
+  catalog_ = std::make_unique<CommandCatalog>(CommandCatalog::from_yaml(config_yaml_));
+}
+
+TestSchema::~TestSchema() {
+  try {
+    exec("DROP SCHEMA IF EXISTS {schema} CASCADE");
+  } catch (...) {
+    // Destructors never throw; a leftover schema in a throwaway cluster is harmless.
+  }
+}
+
+void TestSchema::exec(std::string_view sql) const {
+  pqxx::connection connection(conninfo_);
+  pqxx::work txn(connection);
+  txn.exec(substitute(sql, name_));
+  txn.commit();
+}
+
+long long TestSchema::scalar(std::string_view sql) const {
+  pqxx::connection connection(conninfo_);
+  pqxx::read_transaction txn(connection);
+  return txn.exec(substitute(sql, name_))[0][0].as<long long>();
+}
+
+}  // namespace dedup::test
