@@ -3,6 +3,7 @@
 # use the mock API directly).
 dedup_component(kafka
   SOURCES
+    src/kafka/admin.cpp
     src/kafka/client_common.cpp
     src/kafka/consumer.cpp
     src/kafka/handles.cpp

@@ -7,12 +7,14 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "dedup/config.hpp"
 #include "dedup/duration.hpp"
 #include "dedup/errors.hpp"
+#include "dedup/kafka/admin.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/metrics.hpp"
@@ -101,7 +103,8 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
        .schema = database.schema,
        .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
       catalog, &observer);
-  dedup::ParseOptions parse_options{.max_message_bytes = flags.max_message_bytes};
+  dedup::ParseOptions parse_options;
+  parse_options.max_message_bytes = flags.max_message_bytes;
   if (!flags.default_scope.empty()) parse_options.default_scope = flags.default_scope;
   dedup::Processor processor(catalog, store, clock, observer, parse_options);
 
@@ -119,7 +122,14 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   options.cleanup = [&] {
     observer.on_keys_expired(dedup::cleanup_expired_keys(database.db, database.schema, clock.now()));
   };
-  dedup::Worker worker(std::move(options), processor, observer);
+  // SPEC §4: warn when the key TTL does not outlive the commands topic's retention. Off the
+  // start-up path: a broker that does not answer (the dev broker never does) costs no time.
+  std::jthread ttl_check([&](std::stop_token stop) {
+    dedup::kafka::warn_if_key_ttl_below_retention(options.brokers, options.kafka_settings,
+                                                  options.commands_topic, key_ttl,
+                                                  std::chrono::seconds(10), stop);
+  });
+  dedup::Worker worker(options, processor, observer);
   // Declared after the worker: destroyed first, as its readiness check reads the worker.
   dedup::MetricsServer server(flags.metrics_addr, metrics.registry(), [&worker] { return worker.ready(); });
   dedup::StopSignals signals(worker);

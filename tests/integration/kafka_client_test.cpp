@@ -1,11 +1,11 @@
 // The Kafka clients against librdkafka's mock cluster: bytes survive the round trip, commits are
 // where a new group member resumes, delivery waits for every report, dead letters are faithful.
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <fstream>
 #include <sstream>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "dedup/kafka/consumer.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
@@ -36,12 +36,17 @@ class KafkaClientTest : public ::testing::Test {
 TEST_F(KafkaClientTest, RoundTripKeepsKeysValuesAndHeadersByteForByte) {
   cluster_.create_topic("roundtrip", 1);
   std::vector<OutboundRecord> records = {
-      {"roundtrip", "key-1", R"({"a":1})",
+      {"roundtrip",
+       "key-1",
+       R"({"a":1})",
        {{"h1", "v1"}, {"null-header", std::nullopt}, {"empty-header", ""}, {"h1", "again"}}},
       {"roundtrip", std::nullopt, "value without key", {}},
       {"roundtrip", "tombstone", std::nullopt, {}},
       {"roundtrip", "", "", {}},
-      {"roundtrip", binary({0, 255, 10, 0}), binary({0, 1, 2, 128, 0}), {{"bin", binary({0, 200})}}},
+      {"roundtrip",
+       binary({0, 255, 10, 0}),
+       binary({0, 1, 2, 128, 0}),
+       {{"bin", binary({0, 200})}}},
   };
   write_records(brokers_, records);
 
@@ -99,8 +104,9 @@ TEST_F(KafkaClientTest, BatchesKeepPerPartitionOrderAndRespectLimits) {
   EXPECT_EQ(consumer.assigned_count(), 3u);
 
   // A byte limit smaller than one record still yields one record per batch.
-  write_records(brokers_, std::vector<OutboundRecord>{{"ordered", "k0", std::string(100, 'x'), {}},
-                                                      {"ordered", "k0", std::string(100, 'y'), {}}});
+  write_records(brokers_,
+                std::vector<OutboundRecord>{{"ordered", "k0", std::string(100, 'x'), {}},
+                                            {"ordered", "k0", std::string(100, 'y'), {}}});
   std::vector<InboundRecord> big;
   while (big.size() < 2 && std::chrono::steady_clock::now() < deadline) {
     auto batch = consumer.poll_batch(100, 10, 200ms);

@@ -1,9 +1,9 @@
 // The producer under broker faults: a batch is either fully acknowledged or reported as failed,
 // never silently short; the idempotent producer does not duplicate on retries.
+#include <gtest/gtest.h>
+
 #include <iostream>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/kafka/producer.hpp"
@@ -16,7 +16,8 @@ using namespace std::chrono_literals;
 
 std::vector<OutboundRecord> numbered(const std::string& topic, int n) {
   std::vector<OutboundRecord> records;
-  for (int i = 0; i < n; ++i) records.push_back({topic, "k" + std::to_string(i), std::to_string(i), {}});
+  for (int i = 0; i < n; ++i)
+    records.push_back({topic, "k" + std::to_string(i), std::to_string(i), {}});
   return records;
 }
 
@@ -95,10 +96,10 @@ TEST(KafkaFaults, RetriableProduceErrorsAreRetriedWithoutDuplicates) {
   Observer observer;
   Producer producer({cluster.bootstraps(), {}}, observer);
   ASSERT_TRUE(producer.send_batch(numbered("flaky", 1)).ok());
-  cluster.push_request_errors(ApiKey::produce,
-                              {RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-                               RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR__TRANSPORT,
-                               RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND});
+  cluster.push_request_errors(
+      ApiKey::produce,
+      {RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+       RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND});
   const auto records = numbered("flaky", 30);
   const BatchDelivery delivery = producer.send_batch(records);
   EXPECT_TRUE(delivery.ok()) << delivery.first_error;

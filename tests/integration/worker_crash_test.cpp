@@ -3,13 +3,12 @@
 // The stores of the two processes are separate (in memory), so this checks the Kafka side of the
 // contract: offsets are committed only after results are acknowledged. The Postgres side (the
 // replayed result is the original one) is covered by the end-to-end suites with a real database.
+#include <gtest/gtest.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
 #include <map>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/processor.hpp"
@@ -39,8 +38,12 @@ int run_child(const std::string& brokers, const std::string& group, const std::s
   std::string program = DEDUP_KAFKA_WORKER_CHILD;
   std::string topic = "commands";
   std::string batch = std::to_string(max_batch);
-  std::vector<char*> argv = {program.data(), const_cast<char*>(brokers.c_str()),
-                             const_cast<char*>(group.c_str()), topic.data(), batch.data(), nullptr};
+  std::vector<char*> argv = {program.data(),
+                             const_cast<char*>(brokers.c_str()),
+                             const_cast<char*>(group.c_str()),
+                             topic.data(),
+                             batch.data(),
+                             nullptr};
   pid_t pid = 0;
   EXPECT_EQ(posix_spawn(&pid, program.c_str(), nullptr, nullptr, argv.data(), envp.data()), 0);
   int status = 0;
@@ -57,7 +60,8 @@ class WorkerCrashTest : public ::testing::Test {
     std::vector<kafka::OutboundRecord> input;
     for (int i = 0; i < kRecords; ++i) {
       const std::string key = "k" + std::to_string(i);
-      input.push_back({"commands", "org/" + key, test::command_json(key, "org", "todo.create"), {}});
+      input.push_back(
+          {"commands", "org/" + key, test::command_json(key, "org", "todo.create"), {}});
     }
     test::write_records(brokers_, input);
   }
@@ -135,8 +139,10 @@ TEST_F(WorkerCrashTest, CrashBeforeSecondCommitResumesAfterTheFirstCommittedBatc
   ASSERT_EQ(after.size(), static_cast<std::size_t>(kRecords));
   for (const auto& [offset, count] : after) {
     // Committed records are never read again; the rest were published by both processes at most.
-    if (offset < committed) EXPECT_EQ(count, 1) << offset;
-    else EXPECT_EQ(count, before.contains(offset) ? 2 : 1) << offset;
+    if (offset < committed)
+      EXPECT_EQ(count, 1) << offset;
+    else
+      EXPECT_EQ(count, before.contains(offset) ? 2 : 1) << offset;
   }
 }
 

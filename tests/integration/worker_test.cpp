@@ -1,17 +1,18 @@
 // The worker loop with a real Processor over an in-memory KeyStore, against the mock cluster:
 // one result per record, dead letters, commit after acknowledgement, retry on transient database
 // errors and failed publishing, stop on permanent errors, drain on shutdown.
+#include "dedup/worker.hpp"
+
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <set>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/kafka/producer.hpp"
 #include "dedup/processor.hpp"
-#include "dedup/worker.hpp"
 #include "support/kafka_test_util.hpp"
 
 namespace dedup {
@@ -80,13 +81,16 @@ class WorkerTest : public ::testing::Test {
   }
 
   OutboundRecord command(std::string_view key, std::string_view payload = R"({"title":"t"})") {
-    return {"commands", "org/" + std::string(key), test::command_json(key, "org", "todo.create", payload),
+    return {"commands",
+            "org/" + std::string(key),
+            test::command_json(key, "org", "todo.create", payload),
             {}};
   }
 
   std::int64_t total_committed(int partitions = 2) {
     std::int64_t total = 0;
-    for (const std::int64_t offset : test::committed_offsets(brokers_, group_, "commands", partitions)) {
+    for (const std::int64_t offset :
+         test::committed_offsets(brokers_, group_, "commands", partitions)) {
       if (offset >= 0) total += offset;
     }
     return total;
@@ -102,7 +106,10 @@ class WorkerTest : public ::testing::Test {
 };
 
 TEST_F(WorkerTest, PublishesOneResultPerRecordDeadLettersRejectsAndCommits) {
-  std::vector<OutboundRecord> input = {command("a"), command("b"), command("c"), command("d"),
+  std::vector<OutboundRecord> input = {command("a"),
+                                       command("b"),
+                                       command("c"),
+                                       command("d"),
                                        {"commands", "junk", "not json", {{"trace", "t-1"}}},
                                        command("a")};  // same partition as the first "a": after it
   test::write_records(brokers_, input);
@@ -182,10 +189,9 @@ TEST_F(WorkerTest, FailedPublishingIsRetriedAndReplaysTheSameResults) {
   // failed, the worker must not commit, and must process and publish the batch again.
   std::vector<OutboundRecord> input = {command("a"), command("b")};
   test::write_records(brokers_, input);
-  cluster_.push_request_errors(kafka::ApiKey::produce,
-                               {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
-                                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
-                                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE});
+  cluster_.push_request_errors(kafka::ApiKey::produce, {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+                                                        RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+                                                        RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE});
   RunningWorker running(options(), processor_, observer_);
   ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
   EXPECT_EQ(running.stop(), 0);

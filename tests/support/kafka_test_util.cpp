@@ -1,13 +1,12 @@
 #include "support/kafka_test_util.hpp"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "dedup/kafka/consumer.hpp"
 
@@ -94,11 +93,12 @@ std::size_t topic_size(const std::string& brokers, const std::string& topic) {
 
 std::vector<std::int64_t> committed_offsets(const std::string& brokers, const std::string& group,
                                             const std::string& topic, int partitions) {
-  kafka::ConfPtr conf = kafka::make_conf({{kafka::config_key::kBootstrapServers, brokers},
-                                          {kafka::config_key::kGroupId, group}});
+  kafka::ConfPtr conf = kafka::make_conf(
+      {{kafka::config_key::kBootstrapServers, brokers}, {kafka::config_key::kGroupId, group}});
   kafka::HandlePtr rk = kafka::make_handle(RD_KAFKA_CONSUMER, std::move(conf));
   kafka::TopicPartitionListPtr list = kafka::make_partition_list(partitions);
-  for (int p = 0; p < partitions; ++p) rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), p);
+  for (int p = 0; p < partitions; ++p)
+    rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), p);
   const rd_kafka_resp_err_t err = rd_kafka_committed(rk.get(), list.get(), 10'000);
   EXPECT_EQ(err, RD_KAFKA_RESP_ERR_NO_ERROR) << rd_kafka_err2name(err);
   std::vector<std::int64_t> out;

@@ -2,10 +2,10 @@
 // in-memory key store. The test arms DEDUP_FAILPOINT so that this process SIGKILLs itself at the
 // chosen point, then checks what a successor worker finds.
 //   kafka_worker_child <brokers> <group> <commands-topic> <max-batch-records>
+#include <spdlog/spdlog.h>
+
 #include <cstdlib>
 #include <iostream>
-
-#include <spdlog/spdlog.h>
 
 #include "dedup/processor.hpp"
 #include "dedup/worker.hpp"

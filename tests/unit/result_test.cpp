@@ -115,7 +115,7 @@ TEST(CommandResultTest, RejectedDocumentHasNullKeyScopeAndTypeWhenUnknown) {
     "replayed": false,
     "entity": null,
     "error": { "code": "invalid_json", "message": "value is not valid JSON" },
-    "first_processed_at": "2026-11-22T10:00:00.123Z",
+    "first_processed_at": null,
     "processed_at": "2026-11-22T10:00:00.123Z",
     "source": { "topic": "commands", "partition": 1, "offset": 5 }
   })"));

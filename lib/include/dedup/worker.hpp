@@ -23,8 +23,8 @@ class Producer;
 }  // namespace kafka
 
 struct WorkerOptions {
-  std::string brokers;                  // --brokers
-  std::string group = "dedup-worker";   // --group
+  std::string brokers;                 // --brokers
+  std::string group = "dedup-worker";  // --group
   std::string commands_topic = "commands";
   std::string results_topic;            // empty: <commands_topic>.results
   std::string dlq_topic;                // empty: <commands_topic>.dlq

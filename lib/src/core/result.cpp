@@ -34,7 +34,10 @@ json CommandResult::to_json() const {
       {"replayed", replayed},
       {"entity", entity},
       {"error", error},
-      {"first_processed_at", format_timestamp(first_processed_at)},
+      // Nothing is stored for a rejected record, so there is no first time to report; null keeps
+      // a re-read rejection identical to the first one but for processed_at (SPEC §2).
+      {"first_processed_at",
+       status == Status::rejected ? json(nullptr) : json(format_timestamp(first_processed_at))},
       {"processed_at", format_timestamp(processed_at)},
       {"source", {{"topic", source.topic}, {"partition", source.partition}, {"offset", source.offset}}},
   };

@@ -1,11 +1,11 @@
 #include "kafka/client_common.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <array>
 #include <cstring>
 #include <string>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 namespace dedup::kafka::detail {
 namespace {
@@ -21,7 +21,8 @@ spdlog::level::level_enum to_spdlog(int syslog_level) {
 void log_line(const rd_kafka_t* rk, int level, const char* facility, const char* message) {
   // -X settings go to both clients, so "consumer property ignored by this producer" (and the
   // reverse) is expected, not worth a warning.
-  if (std::strcmp(facility, "CONFWARN") == 0 && std::strstr(message, "will be ignored by") != nullptr) {
+  if (std::strcmp(facility, "CONFWARN") == 0 &&
+      std::strstr(message, "will be ignored by") != nullptr) {
     level = 7;
   }
   spdlog::log(to_spdlog(level), "librdkafka {} [{}]: {}", rk ? rd_kafka_name(rk) : "-", facility,
@@ -75,8 +76,10 @@ void report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char
     const auto code = static_cast<rd_kafka_resp_err_t>(err);
     // Transport errors (broker restarted, idle connection closed) are routine and librdkafka
     // reconnects by itself; they are counted but logged quietly.
-    const bool routine = code == RD_KAFKA_RESP_ERR__TRANSPORT || code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN;
-    spdlog::log(routine ? spdlog::level::info : spdlog::level::warn, "kafka {}: {}: {}",
+    const bool routine =
+        code == RD_KAFKA_RESP_ERR__TRANSPORT || code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN;
+    // librdkafka logs the same event through the log callback; routine ones are only counted.
+    spdlog::log(routine ? spdlog::level::debug : spdlog::level::warn, "kafka {}: {}: {}",
                 rd_kafka_name(rk), rd_kafka_err2name(code), reason);
     observer.on_kafka_error(rd_kafka_err2name(code));
   } catch (...) {

@@ -1,10 +1,10 @@
 #include "dedup/kafka/consumer.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstring>
 #include <map>
-
-#include <spdlog/spdlog.h>
 
 #include "kafka/client_common.hpp"
 
@@ -33,8 +33,8 @@ InboundRecord to_inbound_record(const rd_kafka_message_t* message) {
     const char* name = nullptr;
     const void* value = nullptr;
     std::size_t size = 0;
-    for (std::size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) ==
-                            RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (std::size_t i = 0;
+         rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
          ++i) {
       RecordHeader header{name, std::nullopt};
       if (value != nullptr) header.value = bytes(value, size);
@@ -70,7 +70,8 @@ bool cooperative(rd_kafka_t* rk) {
 std::vector<PartitionOffset> next_offsets(std::span<const InboundRecord> records) {
   std::map<TopicPartition, std::int64_t> highest;
   for (const InboundRecord& r : records) {
-    auto [it, inserted] = highest.try_emplace({r.source.topic, r.source.partition}, r.source.offset);
+    auto [it, inserted] =
+        highest.try_emplace({r.source.topic, r.source.partition}, r.source.offset);
     if (!inserted) it->second = std::max(it->second, r.source.offset);
   }
   std::vector<PartitionOffset> out;
@@ -86,17 +87,18 @@ Consumer::Consumer(const ConsumerOptions& options, Observer& observer) : observe
       {config_key::kGroupId, options.group},
       {config_key::kAutoOffsetReset, kDefaultAutoOffsetReset},
   };
-  ConfPtr conf = detail::build_conf(
-      defaults, options.settings,
-      {{config_key::kEnableAutoCommit, "false",
-        "offsets are committed only after results are acknowledged (SPEC §4)"},
-       {config_key::kEnableAutoOffsetStore, "false",
-        "offsets are committed explicitly, never from the position"}});
+  ConfPtr conf =
+      detail::build_conf(defaults, options.settings,
+                         {{config_key::kEnableAutoCommit, "false",
+                           "offsets are committed only after results are acknowledged (SPEC §4)"},
+                          {config_key::kEnableAutoOffsetStore, "false",
+                           "offsets are committed explicitly, never from the position"}});
   rd_kafka_conf_set_opaque(conf.get(), this);
   rd_kafka_conf_set_rebalance_cb(conf.get(), &Consumer::on_rebalance);
-  rd_kafka_conf_set_error_cb(conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
-    detail::report_client_error(rk, static_cast<Consumer*>(self)->observer_, err, reason);
-  });
+  rd_kafka_conf_set_error_cb(
+      conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
+        detail::report_client_error(rk, static_cast<Consumer*>(self)->observer_, err, reason);
+      });
   handle_ = make_handle(RD_KAFKA_CONSUMER, std::move(conf));
   // Error and log events are then served by consumer_poll, on the worker thread.
   rd_kafka_poll_set_consumer(handle_.get());
@@ -285,7 +287,8 @@ void Consumer::report_lag() noexcept {
       std::int64_t high = -1;
       rd_kafka_get_watermark_offsets(handle_.get(), elem.topic, elem.partition, &low, &high);
       std::int64_t position = elem.offset;
-      if (const auto it = stashed_from.find({elem.topic, elem.partition}); it != stashed_from.end()) {
+      if (const auto it = stashed_from.find({elem.topic, elem.partition});
+          it != stashed_from.end()) {
         position = it->second;
       }
       // Unknown until the first fetch response (watermark) and the first record (position).

@@ -31,7 +31,7 @@ HandlePtr make_handle(rd_kafka_type_t type, ConfPtr conf) {
   std::array<char, 512> errstr{};
   HandlePtr handle(rd_kafka_new(type, conf.get(), errstr.data(), errstr.size()));
   if (!handle) throw ConfigError("-X", errstr.data());  // conf is still ours: ConfPtr frees it
-  (void)conf.release();                                  // now owned by the handle
+  (void)conf.release();                                 // now owned by the handle
   return handle;
 }
 
@@ -51,7 +51,8 @@ std::optional<std::vector<std::string>> list_topics(rd_kafka_t* rk,
   MetadataPtr metadata(raw);
   std::vector<std::string> names;
   for (int i = 0; i < metadata->topic_cnt; ++i) {
-    if (metadata->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) names.emplace_back(metadata->topics[i].topic);
+    if (metadata->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+      names.emplace_back(metadata->topics[i].topic);
   }
   return names;
 }

@@ -42,10 +42,12 @@ TopicSpec parse_topic_spec(std::string_view text, std::string_view flag) {
   TopicSpec spec;
   const auto colon = text.rfind(':');
   spec.name = std::string(text.substr(0, colon));
-  if (spec.name.empty()) throw ConfigError(std::string(flag), "empty topic name in '" + std::string(text) + "'");
+  if (spec.name.empty())
+    throw ConfigError(std::string(flag), "empty topic name in '" + std::string(text) + "'");
   if (colon != std::string_view::npos) {
     const std::string_view count = text.substr(colon + 1);
-    const auto [end, ec] = std::from_chars(count.data(), count.data() + count.size(), spec.partitions);
+    const auto [end, ec] =
+        std::from_chars(count.data(), count.data() + count.size(), spec.partitions);
     if (ec != std::errc() || end != count.data() + count.size() || spec.partitions < 1) {
       throw ConfigError(std::string(flag), "partition count of '" + std::string(text) +
                                                "' must be a positive integer");
@@ -109,26 +111,37 @@ void serve_dev_broker(const DevBrokerOptions& options, std::ostream& out,
 }
 
 namespace {
+
 std::atomic<bool> g_dev_broker_stop{false};
-extern "C" void on_dev_broker_signal(int) { g_dev_broker_stop.store(true); }
+extern "C" void on_dev_broker_signal(int /*signal*/) { g_dev_broker_stop.store(true); }
+
+// SIGTERM and SIGINT set g_dev_broker_stop while alive; the previous handlers come back after.
+class DevBrokerSignals {
+ public:
+  DevBrokerSignals() {
+    struct sigaction action {};
+    action.sa_handler = &on_dev_broker_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, &old_term_);
+    sigaction(SIGINT, &action, &old_int_);
+  }
+  ~DevBrokerSignals() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGINT, &old_int_, nullptr);
+  }
+  DevBrokerSignals(const DevBrokerSignals&) = delete;
+  DevBrokerSignals& operator=(const DevBrokerSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {};
+  struct sigaction old_int_ {};
+};
+
 }  // namespace
 
 int run_dev_broker(const DevBrokerOptions& options) {
-  struct sigaction action {};
-  action.sa_handler = &on_dev_broker_signal;
-  sigemptyset(&action.sa_mask);
-  struct sigaction old_term {}, old_int {};
-  sigaction(SIGTERM, &action, &old_term);
-  sigaction(SIGINT, &action, &old_int);
-  struct Restore {
-    struct sigaction& term;
-    struct sigaction& intr;
-    ~Restore() {
-      sigaction(SIGTERM, &term, nullptr);
-      sigaction(SIGINT, &intr, nullptr);
-    }
-  } restore{old_term, old_int};
   g_dev_broker_stop.store(false);
+  const DevBrokerSignals signals;
   serve_dev_broker(options, std::cout, g_dev_broker_stop);
   return 0;
 }

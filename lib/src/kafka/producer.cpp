@@ -1,9 +1,9 @@
 #include "dedup/kafka/producer.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <string>
 #include <thread>
-
-#include <spdlog/spdlog.h>
 
 #include "kafka/client_common.hpp"
 
@@ -21,6 +21,10 @@ constexpr const char* kDefaultMessageMaxBytes = "1114112";  // 1 MiB + 64 KiB
 // Between the end of produce() and the wait for reports nothing else is coming; flushing ignores
 // linger anyway, this only bounds the cost of a batch that the wait loop does not flush.
 constexpr const char* kDefaultLingerMs = "5";
+// Results are JSON and compress several-fold: less network and broker disk per result. It also
+// matters for the dev broker: librdkafka's mock cluster handles an uncompressed message set
+// message by message (45 ms for 500 results, against 3.5 ms compressed, measured).
+constexpr const char* kDefaultCompression = "lz4";
 constexpr auto kPollSlice = std::chrono::milliseconds(100);
 // After a purge every report arrives at once; this only guards against a librdkafka bug.
 constexpr auto kPurgeGrace = std::chrono::seconds(30);
@@ -66,7 +70,8 @@ OutboundRecord make_dead_letter(const InboundRecord& record, const Rejection& re
   out.headers.push_back({std::string(kDlqSourceTopicHeader), record.source.topic});
   out.headers.push_back(
       {std::string(kDlqSourcePartitionHeader), std::to_string(record.source.partition)});
-  out.headers.push_back({std::string(kDlqSourceOffsetHeader), std::to_string(record.source.offset)});
+  out.headers.push_back(
+      {std::string(kDlqSourceOffsetHeader), std::to_string(record.source.offset)});
   return out;
 }
 
@@ -77,17 +82,20 @@ Producer::Producer(const ProducerOptions& options, Observer& observer) : observe
       {config_key::kMessageTimeoutMs, kDefaultMessageTimeoutMs},
       {config_key::kMessageMaxBytes, kDefaultMessageMaxBytes},
       {config_key::kLingerMs, kDefaultLingerMs},
+      {config_key::kCompressionType, kDefaultCompression},
   };
   ConfPtr conf = detail::build_conf(
       defaults, options.settings,
       {{config_key::kEnableIdempotence, "true",
         "without it a retried produce can reorder or duplicate results within a partition"},
-       {config_key::kAcks, "all", "a result must survive the loss of a broker before offsets move"}});
+       {config_key::kAcks, "all",
+        "a result must survive the loss of a broker before offsets move"}});
   rd_kafka_conf_set_opaque(conf.get(), this);
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
-  rd_kafka_conf_set_error_cb(conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
-    detail::report_client_error(rk, static_cast<Producer*>(self)->observer_, err, reason);
-  });
+  rd_kafka_conf_set_error_cb(
+      conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
+        detail::report_client_error(rk, static_cast<Producer*>(self)->observer_, err, reason);
+      });
   handle_ = make_handle(RD_KAFKA_PRODUCER, std::move(conf));
 }
 
@@ -137,9 +145,8 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
       const std::size_t value_size = record.value ? record.value->size() : 0;
       const rd_kafka_resp_err_t err = rd_kafka_producev(
           rk, RD_KAFKA_V_TOPIC(record.topic.c_str()), RD_KAFKA_V_KEY(key, key_size),
-          RD_KAFKA_V_VALUE(value, value_size),
-          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers.get()),
-          RD_KAFKA_V_OPAQUE(delivery.get()), RD_KAFKA_V_END);
+          RD_KAFKA_V_VALUE(value, value_size), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_OPAQUE(delivery.get()), RD_KAFKA_V_END);
       if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         (void)headers.release();  // owned by the message now
         ++delivery->pending;
@@ -171,7 +178,8 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
       give_up = now + kPurgeGrace;
     }
     if (now >= give_up) {
-      spdlog::critical("kafka producer: {} delivery reports missing after purge", delivery->pending);
+      spdlog::critical("kafka producer: {} delivery reports missing after purge",
+                       delivery->pending);
       delivery->failed += delivery->pending;
       (void)delivery.release();  // a late report must find live memory
       return {0, records.size(), "delivery reports missing after purge"};

@@ -1,13 +1,13 @@
 #include "dedup/worker.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <charconv>
 #include <csignal>
 #include <cstdlib>
 #include <random>
 #include <stdexcept>
-
-#include <spdlog/spdlog.h>
 
 #include "dedup/errors.hpp"
 #include "dedup/kafka/consumer.hpp"
@@ -35,9 +35,9 @@ milliseconds backoff_delay(int attempt, milliseconds initial, milliseconds cap) 
 
 double end_to_end_seconds(const InboundRecord& record) {
   if (!record.timestamp_ms) return -1.0;
-  const auto now_ms = std::chrono::duration_cast<milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
+  const auto now_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   return static_cast<double>(now_ms - *record.timestamp_ms) / 1000.0;
 }
 
@@ -97,8 +97,8 @@ Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
   producer_ = std::make_unique<kafka::Producer>(
       kafka::ProducerOptions{options_.brokers, options_.kafka_settings}, observer_);
   consumer_ = std::make_unique<kafka::Consumer>(
-      kafka::ConsumerOptions{options_.brokers, options_.group, {options_.commands_topic},
-                             options_.kafka_settings},
+      kafka::ConsumerOptions{
+          options_.brokers, options_.group, {options_.commands_topic}, options_.kafka_settings},
       observer_);
 }
 
@@ -160,11 +160,17 @@ int Worker::run() {
 
 Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
   for (int attempt = 0;; ++attempt) {
-    if (batch.empty()) break;  // every partition of the batch was revoked during a backoff
+    if (batch.empty()) {
+      // Every partition of the batch was revoked during a backoff. Whether the database is back is
+      // unknown until the next batch; readiness must not stay false on an idle worker meanwhile.
+      db_healthy_.store(true);
+      break;
+    }
     if (drain_expired()) {
-      spdlog::warn("drain timeout: abandoning a batch of {} record(s) uncommitted (redelivered "
-                   "later, results replayed)",
-                   batch.size());
+      spdlog::warn(
+          "drain timeout: abandoning a batch of {} record(s) uncommitted (redelivered "
+          "later, results replayed)",
+          batch.size());
       return BatchOutcome::abandoned;
     }
 
@@ -221,7 +227,8 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
     if (!commit.ok) {
       // The results are out; the records will be read again and their results replayed. A later
       // commit of the same partitions covers these offsets too.
-      spdlog::warn("offset commit failed, records will be redelivered: {}", commit.error);
+      spdlog::warn("offset commit failed (records may be redelivered and replayed): {}",
+                   commit.error);
     }
     break;
   }
@@ -230,8 +237,8 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
 }
 
 void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
-  const auto end = SteadyClock::now() + backoff_delay(attempt, options_.backoff_initial,
-                                                options_.backoff_max);
+  const auto end =
+      SteadyClock::now() + backoff_delay(attempt, options_.backoff_initial, options_.backoff_max);
   for (;;) {
     note_stop();
     const auto until = stop_requested_.load() ? std::min(end, drain_deadline_) : end;
@@ -283,8 +290,7 @@ void Worker::failpoint(const char* name) {
   if (--failpoint_countdown_ > 0) return;
   spdlog::critical("TEST FAILPOINT {} reached: killing the process", name);
   spdlog::default_logger()->flush();
-  std::raise(SIGKILL);
-  std::_Exit(137);  // not reached
+  if (std::raise(SIGKILL) != 0) std::_Exit(137);  // same exit status a shell shows for SIGKILL
 }
 
 // --- StopSignals -------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
 // function itself.
 #pragma once
 
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -12,9 +15,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <librdkafka/rdkafka.h>
-#include <librdkafka/rdkafka_mock.h>
 
 #include "dedup/errors.hpp"
 
@@ -78,6 +78,7 @@ inline constexpr const char* kAcks = "acks";
 inline constexpr const char* kMessageTimeoutMs = "message.timeout.ms";
 inline constexpr const char* kMessageMaxBytes = "message.max.bytes";
 inline constexpr const char* kLingerMs = "linger.ms";
+inline constexpr const char* kCompressionType = "compression.type";
 inline constexpr const char* kSessionTimeoutMs = "session.timeout.ms";
 inline constexpr const char* kHeartbeatIntervalMs = "heartbeat.interval.ms";
 inline constexpr const char* kMaxPollIntervalMs = "max.poll.interval.ms";
@@ -126,7 +127,8 @@ TopicPartitionListPtr make_partition_list(int size);
 // The names of the cluster's topics, or nullopt when the brokers did not answer within `timeout`.
 // Asks for all topics (never for one by name, which can auto-create it on some brokers).
 // Throws only std::bad_alloc.
-std::optional<std::vector<std::string>> list_topics(rd_kafka_t* rk, std::chrono::milliseconds timeout);
+std::optional<std::vector<std::string>> list_topics(rd_kafka_t* rk,
+                                                    std::chrono::milliseconds timeout);
 
 // Throws KafkaError(fatal = true) if librdkafka raised a fatal error on `rk`.
 void throw_if_fatal(rd_kafka_t* rk);
