@@ -14,6 +14,7 @@
 
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
+#include "bench_support.hpp"
 
 namespace {
 
@@ -35,54 +36,25 @@ struct Options {
 
 Options parse_args(int argc, char** argv) {
   Options options;
-  if (const char* db = std::getenv("DEDUP_BENCH_DB")) options.db = db;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--db") {
-      options.db = value();
-    } else if (arg == "--commands") {
-      options.commands = std::stoi(value());
-    } else if (arg == "--batches") {
+  options.db = dedup::bench::parse_flags(argc, argv, [&](const std::string& flag, const std::string& value) {
+    if (flag == "--commands") {
+      options.commands = std::stoi(value);
+    } else if (flag == "--batches") {
       options.batches.clear();
-      std::stringstream list(value());
+      std::stringstream list(value);
       for (std::string item; std::getline(list, item, ',');) options.batches.push_back(std::stoi(item));
     } else {
-      throw std::runtime_error("unknown argument " + arg);
+      return false;
     }
-  }
-  if (options.db.empty()) throw std::runtime_error("--db (or DEDUP_BENCH_DB) is required");
+    return true;
+  });
   return options;
 }
 
-void exec(const std::string& db, const std::string& sql) {
-  pqxx::connection c(db);
-  pqxx::work txn(c);
-  txn.exec(sql);
-  txn.commit();
-}
-
-// A fresh schema with the dedup tables and a todos table.
-void reset_schema(const std::string& db, const std::string& schema) {
-  exec(db, "DROP SCHEMA IF EXISTS " + schema + " CASCADE");
-  dedup::migrate(db, schema);
-  exec(db, "CREATE TABLE " + schema +
-               ".todos (id bigserial PRIMARY KEY, title text NOT NULL, description text)");
-  pqxx::connection c(db);
-  pqxx::nontransaction(c).exec("VACUUM ANALYZE");
-}
-
-std::string key_of(int i) { return fmt::format("bench-key-{:08}", i); }
-
-json body_of(int i) {
-  return {{"idempotency_key", key_of(i)},
-          {"scope", fmt::format("org-{}", i % 100)},
-          {"type", "todo.create"},
-          {"payload", {{"title", fmt::format("Todo number {}", i)}, {"description", "From the benchmark"}}}};
-}
+using dedup::bench::command_body;
+using dedup::bench::exec;
+using dedup::bench::key_of;
+using dedup::bench::reset_schema;
 
 // Records for `count` commands; `round` shifts the offsets so a second round is a different
 // record carrying the same key (a duplicate, not a redelivery).
@@ -92,7 +64,7 @@ std::vector<dedup::InboundRecord> make_records(int count, int round) {
   for (int i = 0; i < count; ++i) {
     dedup::InboundRecord record;
     record.source = {"commands", 0, static_cast<std::int64_t>(round) * count + i};
-    record.value = body_of(i).dump();
+    record.value = command_body(i).dump();
     records.push_back(std::move(record));
   }
   return records;
@@ -127,7 +99,7 @@ std::vector<std::string> raw_statements(const std::string& schema, int count, in
                        "source_offset) VALUES ";
     std::string todos = "INSERT INTO " + schema + ".todos (id, title, description) VALUES ";
     for (int i = start; i < std::min(count, start + batch); ++i) {
-      const auto body = body_of(i);
+      const auto body = command_body(i);
       const auto fingerprint =
           dedup::to_hex(dedup::command_fingerprint("todo.create", body["payload"]));
       json entity = body["payload"];
@@ -199,8 +171,7 @@ int main(int argc, char** argv) try {
     // same rows, same batch size, one connection, inserted and then inserted again.
     reset_schema(options.db, core_schema);
     reset_schema(options.db, raw_schema);
-    const auto catalog = dedup::CommandCatalog::from_yaml(
-        "commands:\n  todo.create:\n    table: " + core_schema + ".todos\n");
+    const auto catalog = dedup::CommandCatalog::from_yaml(dedup::bench::todo_catalog_yaml(core_schema));
     dedup::SystemClock clock;
     StoreTimer observer;
     dedup::PostgresKeyStore store({.conninfo = options.db, .schema = core_schema}, catalog);

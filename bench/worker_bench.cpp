@@ -23,6 +23,7 @@
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
 #include "dedup/worker.hpp"
+#include "bench_support.hpp"
 
 namespace {
 
@@ -43,20 +44,13 @@ struct Options {
 
 Options parse_args(int argc, char** argv) {
   Options options;
-  if (const char* db = std::getenv("DEDUP_BENCH_DB")) options.db = db;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--db") options.db = value();
-    else if (arg == "--commands") options.commands = std::stoi(value());
-    else if (arg == "--partitions") options.partitions = std::stoi(value());
-    else if (arg == "--latency-seconds") options.latency_seconds = std::stod(value());
-    else throw std::runtime_error("unknown argument " + arg);
-  }
-  if (options.db.empty()) throw std::runtime_error("--db (or DEDUP_BENCH_DB) is required");
+  options.db = dedup::bench::parse_flags(argc, argv, [&](const std::string& flag, const std::string& value) {
+    if (flag == "--commands") options.commands = std::stoi(value);
+    else if (flag == "--partitions") options.partitions = std::stoi(value);
+    else if (flag == "--latency-seconds") options.latency_seconds = std::stod(value);
+    else return false;
+    return true;
+  });
   return options;
 }
 
@@ -106,27 +100,9 @@ class Recorder final : public dedup::Observer {
   double store_seconds_ = 0;
 };
 
-void reset_schema(const std::string& db, const std::string& schema) {
-  {
-    pqxx::connection c(db);
-    pqxx::work txn(c);
-    txn.exec("DROP SCHEMA IF EXISTS " + schema + " CASCADE");
-    txn.commit();
-  }
-  dedup::migrate(db, schema);
-  pqxx::connection c(db);
-  pqxx::work txn(c);
-  txn.exec("CREATE TABLE " + schema + ".todos (id bigserial PRIMARY KEY, title text NOT NULL, description text)");
-  txn.commit();
-}
+using dedup::bench::reset_schema;
 
-std::string command_value(int i) {
-  return json{{"idempotency_key", fmt::format("bench-{:08}", i)},
-              {"scope", fmt::format("org-{}", i % 100)},
-              {"type", "todo.create"},
-              {"payload", {{"title", fmt::format("Todo {}", i)}, {"description", "From the benchmark"}}}}
-      .dump();
-}
+std::string command_value(int i) { return dedup::bench::command_body(i).dump(); }
 
 // A plain librdkafka producer for the load: what a client application would run.
 class LoadProducer {
@@ -257,10 +233,8 @@ int main(int argc, char** argv) try {
   dedup::configure_logging("warn", "text");  // stderr, and only what matters
   const std::string schema = "bench_worker";
   const std::string core_schema = "bench_worker_core";
-  const auto catalog = dedup::CommandCatalog::from_yaml("commands:\n  todo.create:\n    table: " +
-                                                        schema + ".todos\n");
-  const auto core_catalog = dedup::CommandCatalog::from_yaml(
-      "commands:\n  todo.create:\n    table: " + core_schema + ".todos\n");
+  const auto catalog = dedup::CommandCatalog::from_yaml(dedup::bench::todo_catalog_yaml(schema));
+  const auto core_catalog = dedup::CommandCatalog::from_yaml(dedup::bench::todo_catalog_yaml(core_schema));
 
   // Core only, same records, same batch size as the worker's.
   const double core_unique = core_only(options, core_catalog, core_schema, 0, dedup::Status::created, true);
@@ -360,12 +334,8 @@ int main(int argc, char** argv) try {
   std::cout << fmt::format("latency unique mean batch: {:.0f}\n", double(unique_paced_records) / unique_paced_batches);
   std::cout << fmt::format("latency duplicate mean batch: {:.0f}\n", double(dup_paced_records) / dup_paced_batches);
   std::cout << fmt::format("latency samples: {} {}\n", unique_latency.size(), duplicate_latency.size());
-  for (const auto& s : {schema, core_schema}) {
-    pqxx::connection c(options.db);
-    pqxx::work txn(c);
-    txn.exec("DROP SCHEMA IF EXISTS " + s + " CASCADE");
-    txn.commit();
-  }
+  dedup::bench::exec(options.db, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; DROP SCHEMA IF EXISTS " +
+                                     core_schema + " CASCADE");
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "dedup_bench_worker: " << e.what() << "\n";

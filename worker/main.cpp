@@ -56,7 +56,7 @@ struct RunFlags {
   std::string batch_wait = "200ms";
   std::string drain_timeout = "30s";
   std::string cleanup_interval = "5m";
-  std::size_t max_message_bytes = 1024 * 1024;
+  std::size_t max_message_bytes = std::size_t{1024} * 1024;
 };
 
 // Every flag also reads DEDUP_<FLAG> (SPEC §6).
@@ -124,7 +124,7 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   };
   // SPEC §4: warn when the key TTL does not outlive the commands topic's retention. Off the
   // start-up path: a broker that does not answer (the dev broker never does) costs no time.
-  std::jthread ttl_check([&](std::stop_token stop) {
+  std::jthread ttl_check([&](const std::stop_token& stop) {
     dedup::kafka::warn_if_key_ttl_below_retention(options.brokers, options.kafka_settings,
                                                   options.commands_topic, key_ttl,
                                                   std::chrono::seconds(10), stop);

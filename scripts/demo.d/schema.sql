@@ -1,15 +1,19 @@
--- The demo's entity tables: the user's own tables, which dedup-worker writes into (SPEC §5).
-CREATE EXTENSION IF NOT EXISTS btree_gist;
+-- The example entity tables: the user's own tables, which dedup-worker writes into (SPEC §5).
+-- Used by the demo (in public) and by the integration tests (each in a private schema, through
+-- search_path), so the names are unqualified.
+CREATE EXTENSION IF NOT EXISTS btree_gist SCHEMA public;
 
-CREATE TABLE IF NOT EXISTS public.todos (
+CREATE TABLE IF NOT EXISTS todos (
   id          bigserial PRIMARY KEY,
   title       text NOT NULL,
   description text,
+  due         date,
+  priority    integer,
   created_at  timestamptz NOT NULL DEFAULT now()
 );
 
 -- No two appointments of one professional may overlap: a conflict, not an error.
-CREATE TABLE IF NOT EXISTS public.appointments (
+CREATE TABLE IF NOT EXISTS appointments (
   id              bigserial PRIMARY KEY,
   professional_id integer NOT NULL,
   starts_at       timestamptz NOT NULL,
@@ -19,7 +23,7 @@ CREATE TABLE IF NOT EXISTS public.appointments (
 );
 
 -- One conversation per context and author: the natural key the worker derives idempotency from.
-CREATE TABLE IF NOT EXISTS public.conversations (
+CREATE TABLE IF NOT EXISTS conversations (
   id           bigserial PRIMARY KEY,
   context_type text NOT NULL,
   context_id   text NOT NULL,

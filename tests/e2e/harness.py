@@ -149,25 +149,21 @@ class Broker(contextlib.AbstractContextManager):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Worker(contextlib.AbstractContextManager):
-    """`dedup-worker run` against a broker and a database. Extra flags and environment (e.g.
-    DEDUP_FAILPOINT) per instance; logs go to a file kept for the test's failure message."""
+class ManagedProcess(contextlib.AbstractContextManager):
+    """A child process whose stdout and stderr go to a log file. On exit it is terminated (killed
+    after `stop_timeout` seconds) and the log is closed; the log file itself stays. `env` is added
+    to this process's environment (None: inherit it unchanged)."""
 
-    def __init__(self, broker, database_conninfo, extra_args=(), env=None, name="worker"):
-        self.metrics_port = free_port()
-        self.log_path = os.path.join(broker.dir, f"{name}-{uuid.uuid4().hex[:6]}.log")
-        self.log = open(self.log_path, "w")
-        args = [worker_bin(), "--log-format", "text", "run",
-                "--brokers", broker.bootstrap, "--db", database_conninfo, "--config", CONFIG_YAML,
-                "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
-                # The mock waits out a killed member's session before rebalancing: keep it short.
-                "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
-                *extra_args]
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})})
-
-    def metrics_url(self, path="/metrics"):
-        return f"http://127.0.0.1:{self.metrics_port}{path}"
+    def __init__(self, args, log_path, env=None, stop_timeout=40, cwd=None):
+        self.log_path = log_path
+        self.stop_timeout = stop_timeout
+        self.log = open(log_path, "w")
+        try:
+            self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
+                                            env=None if env is None else {**os.environ, **env})
+        except BaseException:
+            self.log.close()
+            raise
 
     def kill(self, sig=signal.SIGKILL):
         if self.process.poll() is None:
@@ -185,11 +181,32 @@ class Worker(contextlib.AbstractContextManager):
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(40)
+                self.process.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+class Worker(ManagedProcess):
+    """`dedup-worker run` against a broker and a database. Extra flags and environment (e.g.
+    DEDUP_FAILPOINT) per instance; logs go to a file kept for the test's failure message."""
+
+    def __init__(self, broker, database_conninfo, extra_args=(), env=None, name="worker"):
+        self.metrics_port = free_port()
+        args = [worker_bin(), "--log-format", "text", "run",
+                "--brokers", broker.bootstrap, "--db", database_conninfo, "--config", CONFIG_YAML,
+                "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
+                # The mock waits out a killed member's session before rebalancing: keep it short.
+                "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+                # The mock holds empty fetches for the whole wait (docs/operations.md).
+                "-X", "fetch.wait.max.ms=10",
+                *extra_args]
+        super().__init__(args, os.path.join(broker.dir, f"{name}-{uuid.uuid4().hex[:6]}.log"),
+                         env=env or {}, stop_timeout=40)
+
+    def metrics_url(self, path="/metrics"):
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
 
 
 def command(key, title, scope="org-1", ctype="todo.create", payload=None):

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 import unittest
@@ -23,7 +22,7 @@ import urllib.request
 
 from confluent_kafka import Producer
 
-from harness import (ROOT, Broker, Database, Worker, command, free_port, produce, read_topic,
+from harness import (ROOT, Broker, Database, ManagedProcess, Worker, command, free_port, produce, read_topic,
                      results_by_source, wait_for)
 
 RULES_FILE = os.path.join(ROOT, "monitoring", "rules", "dedup-worker.rules.yml")
@@ -112,7 +111,7 @@ def total(samples, name):
 
 # --- a real Prometheus server --------------------------------------------------------------------
 
-class Prometheus(contextlib.AbstractContextManager):
+class Prometheus(ManagedProcess):
     """`prometheus` scraping one worker every second and evaluating the project's rules every
     second, on a free port, with its TSDB in a temp dir (removed on exit)."""
 
@@ -132,13 +131,11 @@ class Prometheus(contextlib.AbstractContextManager):
                                         "labels": {"namespace": NAMESPACE}}],
                 }],
             }, f, indent=2)
-        self.log_path = os.path.join(self.dir, "prometheus.log")
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
+        super().__init__(
             [PROMETHEUS_BIN, f"--config.file={self.config_path}",
              f"--storage.tsdb.path={os.path.join(self.dir, 'data')}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+            os.path.join(self.dir, "prometheus.log"), stop_timeout=20, cwd=self.dir)
         try:
             wait_for(lambda: self.process.poll() is not None
                      or try_http_get(self.url("/-/ready"))[0] == 200, 30, "Prometheus to be ready")
@@ -185,20 +182,8 @@ class Prometheus(contextlib.AbstractContextManager):
         alerts = self.api("/api/v1/alerts")["alerts"]
         return [a for a in alerts if name is None or a["labels"].get("alertname") == name]
 
-    def log_text(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
     def __exit__(self, *exc):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        super().__exit__(*exc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

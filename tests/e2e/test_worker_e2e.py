@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -19,8 +18,8 @@ import uuid
 import warnings
 
 import harness
-from harness import (CONFIG_YAML, Broker, Database, TopicReader, Worker, command, http_status,
-                     produce_tracked, wait_for)
+from harness import (CONFIG_YAML, Broker, Database, TopicReader, Worker, command, produce_tracked,
+                     wait_for)
 
 COMMANDS = "commands"
 RESULTS = "commands.results"

@@ -29,6 +29,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from checks import Results, expect, fail
+
 HERE = Path(__file__).resolve().parent
 CHART = Path("helm/dedup-worker")
 RULES_FILE = Path("monitoring/rules/dedup-worker.rules.yml")
@@ -41,31 +43,6 @@ WORKER_FLAGS = {
 SENSITIVE_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN|USERNAME|DSN|^DEDUP_DB$)")
 SENSITIVE_KAFKA_KEY = re.compile(r"(password|secret|sasl\.username|\.pem$|jaas|oauthbearer)")
 IMAGE_UID = 10001  # the Dockerfile's USER
-
-
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, fn, *args):
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - any exception is a failed check, reported
-            self.failed += 1
-            print(f"FAIL {name}: {type(exc).__name__}: {exc}")
-        else:
-            self.passed += 1
-            print(f"ok   {name}")
-
-
-def fail(msg):
-    raise AssertionError(msg)
-
-
-def expect(cond, msg):
-    if not cond:
-        fail(msg)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from checks import Results, expect
+
 HERE = Path(__file__).resolve().parent
 # In every debian:12-slim image (Priority: required, or required by apt/dpkg themselves).
 BASE_IMAGE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
@@ -62,27 +64,6 @@ def dockerfile_stages(text):
                 if words[:2] == ["apt-get", "install"]:
                     stages[-1][1].extend(w for w in words[2:] if not w.startswith("-"))
     return stages
-
-
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, fn, *args):
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - any exception is a failed check, reported
-            self.failed += 1
-            print(f"FAIL {name}: {type(exc).__name__}: {exc}")
-        else:
-            self.passed += 1
-            print(f"ok   {name}")
-
-
-def expect(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
 
 
 def same_set(kind, got, want):

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
+#include <sstream>
 #include <cstdlib>
 #include <pqxx/pqxx>
 #include <stdexcept>
@@ -22,31 +24,15 @@ std::string substitute(std::string_view sql, const std::string& schema, bool quo
   return out;
 }
 
-constexpr std::string_view kEntityTables = R"SQL(
-CREATE TABLE {schema}.todos (
-  id          bigserial PRIMARY KEY,
-  title       text NOT NULL,
-  description text,
-  due         date,
-  priority    integer
-);
-CREATE TABLE {schema}.appointments (
-  id              bigserial PRIMARY KEY,
-  professional_id integer NOT NULL,
-  starts_at       timestamptz NOT NULL,
-  ends_at         timestamptz NOT NULL CHECK (ends_at > starts_at),
-  CONSTRAINT appointments_no_overlap
-    EXCLUDE USING gist (professional_id WITH =, tstzrange(starts_at, ends_at) WITH &&)
-);
-CREATE TABLE {schema}.conversations (
-  id           bigserial PRIMARY KEY,
-  context_type text NOT NULL,
-  context_id   text NOT NULL,
-  created_by   text NOT NULL,
-  title        text,
-  CONSTRAINT conversations_natural_key UNIQUE (context_type, context_id, created_by)
-);
-)SQL";
+// The example entity tables, shared with the demo: one definition, loaded into each test's schema.
+std::string entity_tables_sql() {
+  const std::string path = std::string(DEDUP_SOURCE_DIR) + "/scripts/demo.d/schema.sql";
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 }  // namespace
 
@@ -73,7 +59,7 @@ TestSchema::TestSchema() {
     txn.commit();
   }
   migrate(conninfo_, name_);
-  exec(kEntityTables);
+  exec("SET LOCAL search_path TO {schema}, public; " + entity_tables_sql());
   config_yaml_ = substitute(R"YAML(
 commands:
   todo.create:

@@ -70,7 +70,8 @@ CommandType parse_command_type(const std::string& name, const YAML::Node& node) 
   for (const auto& entry : node) {
     const auto key = entry.first.as<std::string>();
     if (!kKnownKeys.contains(key)) {
-      throw ConfigError(base + "." + key, "unknown setting (expected table, sql or key_from)");
+      throw ConfigError(std::string(base).append(".").append(key),
+                        "unknown setting (expected table, sql or key_from)");
     }
   }
   CommandType type;

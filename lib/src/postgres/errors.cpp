@@ -27,7 +27,7 @@ void rethrow_classified(std::string_view context) {
   } catch (const pqxx::broken_connection& e) {
     throw TransientDatabaseError(fmt::format("{}: connection lost: {}", context, e.what()), "08006");
   } catch (const pqxx::sql_error& e) {
-    const std::string state = e.sqlstate();
+    const std::string& state = e.sqlstate();
     const auto message = fmt::format("{}: {} (SQLSTATE {})", context, e.what(), state);
     if (classify_sqlstate(state) == FailureKind::transient) {
       throw TransientDatabaseError(message, state);

@@ -1,0 +1,146 @@
+// Logs as an on-call engineer reads them: JSON lines with the documented fields, an audit line per
+// created entity, repeated events rate limited. Captures the real logger's stderr.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "dedup/errors.hpp"
+#include "dedup/logging.hpp"
+
+namespace dedup {
+namespace {
+
+using json = nlohmann::json;
+
+// Redirects file descriptor 2 into a temporary file for its lifetime.
+class CapturedStderr {
+ public:
+  CapturedStderr() {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    file_ = std::tmpfile();
+    ::dup2(::fileno(file_), 2);
+  }
+  ~CapturedStderr() { restore(); }
+
+  std::vector<std::string> lines() {
+    restore();
+    std::rewind(file_);
+    std::vector<std::string> out;
+    char buffer[8192];
+    while (std::fgets(buffer, sizeof buffer, file_)) {
+      std::string line(buffer);
+      if (!line.empty() && line.back() == '\n') line.pop_back();
+      out.push_back(line);
+    }
+    return out;
+  }
+
+ private:
+  void restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  int saved_ = -1;
+  std::FILE* file_ = nullptr;
+};
+
+CommandResult result_of(Status status, std::int64_t offset) {
+  CommandResult result;
+  result.status = status;
+  result.replayed = status == Status::duplicate;
+  result.idempotency_key = "key-" + std::to_string(offset);
+  result.scope = "org-1";
+  result.type = "todo.create";
+  result.entity = json{{"id", 40 + offset}, {"title", "t"}};
+  result.source = {"commands", 2, offset};
+  return result;
+}
+
+TEST(Logging, JsonLinesCarryTheDocumentedFields) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  LoggingObserver observer;
+  observer.on_result_published(result_of(Status::created, 7), 0.01);
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  const auto line = json::parse(lines[0]);
+  EXPECT_EQ(line.at("level"), "info");
+  EXPECT_EQ(line.at("msg"), "entity created");
+  EXPECT_EQ(line.at("scope"), "org-1");
+  EXPECT_EQ(line.at("key"), "key-7");
+  EXPECT_EQ(line.at("type"), "todo.create");
+  EXPECT_EQ(line.at("status"), "created");
+  EXPECT_EQ(line.at("partition"), 2);
+  EXPECT_EQ(line.at("offset"), 7);
+  EXPECT_EQ(line.at("entity_id"), 47);
+  EXPECT_TRUE(line.at("ts").get<std::string>().ends_with("Z"));
+}
+
+TEST(Logging, TextFormatIsForHumans) {
+  configure_logging("info", "text");
+  CapturedStderr captured;
+  log_event(LogLevel::warn, "database attempt failed", {{"kind", "transient"}});
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("warning database attempt failed kind=transient"), std::string::npos) << lines[0];
+  EXPECT_THROW(json::parse(lines[0]), json::parse_error);
+}
+
+TEST(Logging, EveryCreationIsAuditedButReplaysAreRateLimited) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  LoggingObserver observer(/*repeated_lines_per_second=*/5);
+  for (int i = 0; i < 50; ++i) observer.on_result_published(result_of(Status::created, i), 0);
+  for (int i = 0; i < 50; ++i) observer.on_result_published(result_of(Status::duplicate, i), 0);
+  int created = 0;
+  int replayed = 0;
+  for (const auto& text : captured.lines()) {
+    const auto line = json::parse(text);
+    if (line.at("msg") == "entity created") ++created;
+    if (line.at("msg") == "replayed stored result") ++replayed;
+  }
+  EXPECT_EQ(created, 50);  // the record of an effect is never dropped
+  EXPECT_GE(replayed, 5);  // the burst allowance...
+  EXPECT_LE(replayed, 7);  // ...and not much more, however many arrive
+}
+
+TEST(Logging, HeldBackLinesAreCountedOnTheNextOneThatPasses) {
+  RateLimiter limiter(2);
+  std::size_t suppressed = 0;
+  EXPECT_TRUE(limiter.allow(suppressed));
+  EXPECT_TRUE(limiter.allow(suppressed));
+  EXPECT_FALSE(limiter.allow(suppressed));
+  EXPECT_FALSE(limiter.allow(suppressed));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // one token back at 2/s
+  EXPECT_TRUE(limiter.allow(suppressed));
+  EXPECT_EQ(suppressed, 2u);
+}
+
+TEST(Logging, BadLevelOrFormatNamesTheFlag) {
+  try {
+    configure_logging("loud", "json");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "--log-level");
+  }
+  try {
+    configure_logging("info", "xml");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "--log-format");
+  }
+}
+
+}  // namespace
+}  // namespace dedup
