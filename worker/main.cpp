@@ -26,6 +26,8 @@
 #define DEDUP_VERSION "0.0.0-dev"
 #endif
 
+extern char** environ;
+
 namespace {
 
 using dedup::ConfigError;
@@ -114,7 +116,11 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   options.commands_topic = flags.commands_topic;
   options.results_topic = flags.results_topic;
   options.dlq_topic = flags.dlq_topic;
-  options.kafka_settings = parse_kafka_settings(flags.kafka_settings);
+  // Secrets come from DEDUP_KAFKA_* (never visible in the process's arguments); -X wins.
+  options.kafka_settings = dedup::kafka::settings_from_environment(environ);
+  for (auto& [key, value] : parse_kafka_settings(flags.kafka_settings)) {
+    options.kafka_settings[key] = std::move(value);
+  }
   options.max_batch_records = flags.max_batch;
   options.max_batch_wait = dedup::parse_duration(flags.batch_wait, "--batch-wait");
   options.drain_timeout = dedup::parse_duration(flags.drain_timeout, "--drain-timeout");

@@ -35,11 +35,15 @@ HERE = Path(__file__).resolve().parent
 CHART = Path("helm/dedup-worker")
 RULES_FILE = Path("monitoring/rules/dedup-worker.rules.yml")
 DASHBOARD_FILE = Path("monitoring/dashboards/dedup-worker.json")
-# Every DEDUP_* variable the chart may set must be a real flag of "dedup-worker run" (SPEC §6).
+# Every DEDUP_* variable the chart may set must be a real flag of "dedup-worker run" (SPEC §6),
+# or a DEDUP_KAFKA_<PROPERTY> librdkafka property (docs/contract.md).
 WORKER_FLAGS = {
     "brokers", "group", "commands-topic", "results-topic", "dlq-topic", "db", "db-schema", "config",
     "key-ttl", "default-scope", "metrics-addr", "log-level", "log-format", "drain-timeout",
 }
+KAFKA_ENV_PREFIX = "DEDUP_KAFKA_"
+# The librdkafka properties the chart may set from the environment (Secret-backed credentials).
+KAFKA_ENV_PROPERTIES = {"sasl.username", "sasl.password"}
 SENSITIVE_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN|USERNAME|DSN|^DEDUP_DB$)")
 SENSITIVE_KAFKA_KEY = re.compile(r"(password|secret|sasl\.username|\.pem$|jaas|oauthbearer)")
 IMAGE_UID = 10001  # the Dockerfile's USER
@@ -262,6 +266,11 @@ def kafka_args(container):
     return out
 
 
+def kafka_env_property(name):
+    """DEDUP_KAFKA_SASL_PASSWORD → sasl.password, as lib/src/kafka/handles.cpp settings_from_environment."""
+    return name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")
+
+
 def check_no_plaintext_secrets(s):
     expect(not s.of_kind("Secret"), "the chart must not render Secrets (it only references existing ones)")
     for kind in ("Deployment", "Job"):
@@ -274,11 +283,16 @@ def check_no_plaintext_secrets(s):
                     if SENSITIVE_ENV.search(name):
                         expect("value" not in e and "secretKeyRef" in e.get("valueFrom", {}),
                                f"{kind}: env {name} is not taken from a Secret")
+                # Credentials never go on the command line, not even as $(VAR): the kubelet expands
+                # those into argv, readable by anyone who can run ps or read /proc/<pid>/cmdline.
+                for a in c.get("args", []) + c.get("command", []):
+                    expect("sasl.password" not in a and "sasl.username" not in a,
+                           f"{kind}: argument {a!r} carries a SASL credential")
+                    for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
+                        expect("secretKeyRef" not in env.get(var, {}).get("valueFrom", {}),
+                               f"{kind}: argument {a!r} expands the Secret-backed {var}")
                 for key, value in kafka_args(c).items():
-                    if SENSITIVE_KAFKA_KEY.search(key):
-                        m = re.fullmatch(r"\$\(([A-Z_]+)\)", value)
-                        expect(m and m.group(1) in env and "secretKeyRef" in env[m.group(1)].get("valueFrom", {}),
-                               f"{kind}: -X {key} is not a $(VAR) reference to a Secret-backed variable")
+                    expect(not SENSITIVE_KAFKA_KEY.search(key), f"{kind}: -X {key} is a secret on the command line")
                     if key.endswith(".location"):
                         mount = next((m for m in c["volumeMounts"] if value.startswith(m["mountPath"] + "/")), None)
                         expect(mount and mount["name"] in secret_volumes,
@@ -294,7 +308,10 @@ def check_worker_contract(s):
     v = s.values
     env = s.env(c)
     for name in env:
-        if name.startswith("DEDUP_"):
+        if name.startswith(KAFKA_ENV_PREFIX):
+            prop = kafka_env_property(name)
+            expect(prop in KAFKA_ENV_PROPERTIES, f"{name} maps to librdkafka {prop!r}, not a SASL credential")
+        elif name.startswith("DEDUP_"):
             flag = name[len("DEDUP_"):].lower().replace("_", "-")
             expect(flag in WORKER_FLAGS, f"{name} is not a dedup-worker flag")
     plain = {k: e.get("value") for k, e in env.items()}
@@ -413,7 +430,18 @@ def check_kafka_security(s):
     expect(args.get("security.protocol") == protocol, f"security.protocol {args.get('security.protocol')} != {protocol}")
     if k["sasl"]["enabled"]:
         expect(args["sasl.mechanisms"] == k["sasl"]["mechanism"], "sasl.mechanisms")
-        expect(args["sasl.password"] == "$(KAFKA_SASL_PASSWORD)", "sasl.password must be a reference")
+    env = s.env(s.worker)
+    for name, prop, key in (("DEDUP_KAFKA_SASL_USERNAME", "sasl.username", "usernameKey"),
+                            ("DEDUP_KAFKA_SASL_PASSWORD", "sasl.password", "passwordKey")):
+        expect(kafka_env_property(name) == prop, f"{name} does not map to {prop}")
+        expect(prop not in args, f"-X {prop} on the command line")
+        if k["sasl"]["enabled"]:
+            ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+            want = {"name": k["sasl"]["existingSecret"], "key": k["sasl"][key]}
+            expect("value" not in env.get(name, {}) and ref == want,
+                   f"{name} secretKeyRef {ref} does not follow kafka.sasl.existingSecret/{key}")
+        else:
+            expect(name not in env, f"{name} set with kafka.sasl.enabled false")
     if k["tls"]["enabled"] and k["tls"]["existingSecret"]:
         pod = s.deployment["spec"]["template"]["spec"]
         vol = next(v for v in pod["volumes"] if "secret" in v)

@@ -157,9 +157,11 @@ Where the Kafka TLS Secret is mounted.
 
 {{/*
 "-X key=value" arguments for librdkafka: security settings from kafka.tls / kafka.sasl, then
-kafka.extraConfig. Secret values are never written here: SASL credentials are $(VAR) references
-that the kubelet expands from secretKeyRef environment variables, certificates are file paths
-into the mounted Secret.
+kafka.extraConfig. Secrets never appear here, not even as $(VAR) references (the kubelet would
+expand them into the process's argv, readable in /proc and ps): the SASL username and password
+are the secretKeyRef environment variables DEDUP_KAFKA_SASL_USERNAME / DEDUP_KAFKA_SASL_PASSWORD,
+which the worker reads as sasl.username / sasl.password; certificates are file paths into the
+mounted Secret.
 */}}
 {{- define "dedup-worker.kafkaArgs" -}}
 {{- $args := list }}
@@ -178,8 +180,6 @@ into the mounted Secret.
 {{- end }}
 {{- if .Values.kafka.sasl.enabled }}
 {{- $args = append $args (printf "sasl.mechanisms=%s" .Values.kafka.sasl.mechanism) }}
-{{- $args = append $args "sasl.username=$(KAFKA_SASL_USERNAME)" }}
-{{- $args = append $args "sasl.password=$(KAFKA_SASL_PASSWORD)" }}
 {{- end }}
 {{- range $key, $value := .Values.kafka.extraConfig }}
 {{- /* Helm decodes YAML numbers as float64: print whole numbers as integers, not 5.24288e+07 */}}

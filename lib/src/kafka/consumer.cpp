@@ -62,7 +62,9 @@ std::set<TopicPartition> to_set(const rd_kafka_topic_partition_list_t* list) {
 }
 
 bool cooperative(rd_kafka_t* rk) {
-  return std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+  // NULL while the consumer is closing (no group protocol any more): treat as eager.
+  const char* protocol = rd_kafka_rebalance_protocol(rk);
+  return protocol != nullptr && std::strcmp(protocol, "COOPERATIVE") == 0;
 }
 
 }  // namespace

@@ -116,6 +116,13 @@ void set_conf(rd_kafka_conf_t* conf, std::string_view key, std::string_view valu
 // The value of `key` in `settings`, or nullptr.
 const std::string* find_setting(const KafkaSettings& settings, std::string_view key);
 
+// librdkafka properties from the environment, for secrets that must not appear in a process's
+// arguments: DEDUP_KAFKA_SASL_PASSWORD=... is sasl.password=... (after the prefix: lower case,
+// '_' -> '.'; librdkafka's property names contain no '_', so the mapping is exact). `environment`
+// is a null-terminated array of "NAME=value" strings, as `environ`. Never throws but bad_alloc.
+inline constexpr std::string_view kKafkaEnvPrefix = "DEDUP_KAFKA_";
+KafkaSettings settings_from_environment(const char* const* environment);
+
 // Creates a client handle; takes ownership of `conf` only on success (librdkafka's rule, hidden
 // here). Throws ConfigError("-X", ...) when librdkafka rejects the configuration as a whole
 // (e.g. an inconsistent security setup).
