@@ -150,6 +150,19 @@ TEST_F(KeyStoreTest, ArrayOrderChangesTheFingerprint) {
   EXPECT_EQ(process_one(with_tags({2, 1})).status, Status::key_reused);
 }
 
+TEST_F(KeyStoreTest, KeysAndScopesWithQuotesAndBackslashesRoundTrip) {
+  const std::string key = R"(k"ey\with "quotes" and \backslashes\)";
+  const std::string scope = R"(org "\ ünïcödé)";
+  const auto first = process_one(todo(key, "T", scope));
+  ASSERT_EQ(first.status, Status::created) << first.to_json();
+  EXPECT_EQ(*first.idempotency_key, key);
+  EXPECT_EQ(*first.scope, scope);
+  EXPECT_EQ(process_one(todo(key, "T", scope)).status, Status::duplicate);
+  EXPECT_EQ(schema_.scalar("SELECT count(*) FROM {schema}.idempotency_keys WHERE idempotency_key = "
+                           "'k\"ey\\with \"quotes\" and \\backslashes\\'"),
+            1);
+}
+
 TEST_F(KeyStoreTest, TheSameKeyTwiceInOneBatch) {
   const auto results = process({next(todo("dup", "T")), next(todo("dup", "T")),
                                 next(todo("dup", "changed")), next(todo("solo", "S"))});

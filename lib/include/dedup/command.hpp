@@ -52,6 +52,7 @@ struct Command {
   std::string idempotency_key;
   const CommandType* type = nullptr;  // points into the CommandCatalog, which outlives the command
   nlohmann::json payload;             // always an object
+  std::string canonical_payload;      // canonical_json(payload): fingerprinted, and sent as is
   Fingerprint fingerprint{};
   bool natural_key = false;           // the key was derived from key_from fields, not sent
 };

@@ -26,6 +26,10 @@ Fingerprint sha256(std::string_view bytes);
 // the scope are not part of it.
 Fingerprint command_fingerprint(std::string_view type, const nlohmann::json& payload);
 
+// The same, from canonical_json(payload) already computed (parse_command keeps it for reuse).
+Fingerprint command_fingerprint_of_canonical(std::string_view type,
+                                             std::string_view canonical_payload);
+
 std::string to_hex(const Fingerprint& fingerprint);
 
 }  // namespace dedup

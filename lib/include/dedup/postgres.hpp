@@ -42,6 +42,10 @@ class PostgresKeyStore final : public KeyStore {
   // failure, lost connection). For tests and metrics.
   std::size_t retried_attempts() const noexcept;
 
+  // Number of batches whose single-statement fast path did not apply (a key claimed concurrently,
+  // a constraint, an expired key) and that were redone with the claim-first protocol.
+  std::size_t fast_path_fallbacks() const noexcept;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

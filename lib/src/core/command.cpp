@@ -9,23 +9,31 @@ using json = nlohmann::json;
 
 Rejection reject(RejectCode code, std::string message) { return {code, std::move(message)}; }
 
+// Where a value came from, for messages: formatted only when there is something to report (this
+// runs for every record; the happy path must not pay for error text).
+struct Where {
+  const char* kind;  // "body field" or "header"
+  std::string_view name;
+};
+std::string describe(const Where& where) { return fmt::format("{} '{}'", where.kind, where.name); }
+
 // SPEC §1: 1–255 characters, printable ASCII, no surrounding whitespace.
-std::optional<Rejection> check_key(std::string_view key, std::string_view where) {
-  if (key.empty()) return reject(RejectCode::invalid_key, fmt::format("{} is empty", where));
+std::optional<Rejection> check_key(std::string_view key, const Where& where) {
+  if (key.empty()) return reject(RejectCode::invalid_key, fmt::format("{} is empty", describe(where)));
   if (key.size() > kMaxKeyLength) {
     return reject(RejectCode::invalid_key,
-                  fmt::format("{} is {} characters long (at most {})", where, key.size(), kMaxKeyLength));
+                  fmt::format("{} is {} characters long (at most {})", describe(where), key.size(), kMaxKeyLength));
   }
   for (std::size_t i = 0; i < key.size(); ++i) {
     const auto c = static_cast<unsigned char>(key[i]);
     if (c < 0x20 || c > 0x7e) {
       return reject(RejectCode::invalid_key,
                     fmt::format("{} has a non-printable or non-ASCII byte 0x{:02x} at position {}",
-                                where, c, i));
+                                describe(where), c, i));
     }
   }
   if (key.front() == ' ' || key.back() == ' ') {
-    return reject(RejectCode::invalid_key, fmt::format("{} has leading or trailing whitespace", where));
+    return reject(RejectCode::invalid_key, fmt::format("{} has leading or trailing whitespace", describe(where)));
   }
   return std::nullopt;
 }
@@ -141,24 +149,24 @@ class BoundedDomParser {
 
 // SPEC §1: 1–255 characters. We also refuse control characters and surrounding whitespace: a
 // scope is an identifier of a tenant, and "org-1" and "org-1 " must not be two tenants by accident.
-std::optional<Rejection> check_scope(std::string_view scope, std::string_view where) {
-  if (scope.empty()) return reject(RejectCode::invalid_scope, fmt::format("{} is empty", where));
+std::optional<Rejection> check_scope(std::string_view scope, const Where& where) {
+  if (scope.empty()) return reject(RejectCode::invalid_scope, fmt::format("{} is empty", describe(where)));
   const auto length = utf8_length(scope);
-  if (!length) return reject(RejectCode::invalid_scope, fmt::format("{} is not valid UTF-8", where));
+  if (!length) return reject(RejectCode::invalid_scope, fmt::format("{} is not valid UTF-8", describe(where)));
   if (*length > kMaxScopeLength) {
     return reject(RejectCode::invalid_scope, fmt::format("{} is {} characters long (at most {})",
-                                                         where, *length, kMaxScopeLength));
+                                                         describe(where), *length, kMaxScopeLength));
   }
   for (std::size_t i = 0; i < scope.size(); ++i) {
     const auto c = static_cast<unsigned char>(scope[i]);
     if (c < 0x20 || c == 0x7f) {
       return reject(RejectCode::invalid_scope,
-                    fmt::format("{} has a control character 0x{:02x} at position {}", where, c, i));
+                    fmt::format("{} has a control character 0x{:02x} at position {}", describe(where), c, i));
     }
   }
   if (std::isspace(static_cast<unsigned char>(scope.front())) ||
       std::isspace(static_cast<unsigned char>(scope.back()))) {
-    return reject(RejectCode::invalid_scope, fmt::format("{} has leading or trailing whitespace", where));
+    return reject(RejectCode::invalid_scope, fmt::format("{} has leading or trailing whitespace", describe(where)));
   }
   return std::nullopt;
 }
@@ -169,7 +177,7 @@ struct FieldSource {
   std::string_view header;
   RejectCode invalid_code;
   RejectCode mismatch_code;
-  std::optional<Rejection> (*check)(std::string_view, std::string_view);
+  std::optional<Rejection> (*check)(std::string_view, const Where&);
 };
 
 std::variant<std::optional<std::string>, Rejection> read_field(const json& body,
@@ -182,14 +190,14 @@ std::variant<std::optional<std::string>, Rejection> read_field(const json& body,
                                                      source.body_field, it->type_name()));
     }
     from_body = it->get<std::string>();
-    if (auto bad = source.check(*from_body, fmt::format("body field '{}'", source.body_field))) {
+    if (auto bad = source.check(*from_body, Where{"body field", source.body_field})) {
       return *bad;
     }
   }
   std::optional<std::string> from_header;
   if (const auto* header = record.find_header(source.header); header && header->value) {
     from_header = *header->value;
-    if (auto bad = source.check(*from_header, fmt::format("header '{}'", source.header))) return *bad;
+    if (auto bad = source.check(*from_header, Where{"header", source.header})) return *bad;
   }
   if (from_body && from_header && *from_body != *from_header) {
     return reject(source.mismatch_code,
@@ -343,7 +351,8 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
   command.source = record.source;
   command.scope = std::move(*rejected.scope);
   command.type = type;
-  command.fingerprint = command_fingerprint(type->name, *payload_it);
+  command.canonical_payload = canonical_json(*payload_it);
+  command.fingerprint = command_fingerprint_of_canonical(type->name, command.canonical_payload);
   command.payload = std::move(*payload_it);
   return command;
 }

@@ -75,6 +75,23 @@ EXCEPTION
 END
 $fn$;
 )SQL"},
+    Migration{2, "guard of the single-statement fast path", R"SQL(
+-- The fast path writes entities and key rows in one statement, assuming every key it saw as new
+-- can be claimed. This guard, evaluated at the end of that statement, aborts it when the
+-- assumption failed (a concurrent batch claimed a key meanwhile, an entity went missing, an
+-- expired key needs re-claiming); the store then redoes the batch with the claim-first protocol.
+CREATE FUNCTION {schema}.fast_path_guard(claimed bigint, fresh bigint, entities bigint,
+                                         expired bigint) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF claimed <> fresh OR entities <> fresh OR expired > 0 THEN
+    RAISE EXCEPTION 'dedup fast path does not apply (claimed %, new %, entities %, expired %)',
+      claimed, fresh, entities, expired USING ERRCODE = 'DD001';
+  END IF;
+  RETURN true;
+END
+$fn$;
+)SQL"},
 };
 
 }  // namespace
