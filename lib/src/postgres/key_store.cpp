@@ -183,6 +183,25 @@ Fingerprint fingerprint_from_hex(std::string_view hex) {
   return fingerprint;
 }
 
+// A committed key row, as the claim, lookup and fast-path statements return it (columns 4-12:
+// command_type, fingerprint hex, status, result, created_at µs, expired, source topic, partition,
+// offset). Throws TransientDatabaseError for a 'pending' row, which only an open transaction can
+// see (never the case here; it would mean reading another transaction's uncommitted claim).
+StoredKey stored_key_from_row(const pqxx::row& row) {
+  const std::string_view status = row[6].c_str();
+  if (status == "pending") throw TransientDatabaseError("found an uncommitted key row; retrying", "");
+  StoredKey stored;
+  stored.command_type = row[4].c_str();
+  stored.fingerprint = fingerprint_from_hex(row[5].c_str());
+  stored.status = status == "created" ? Status::created : Status::conflict;
+  const auto result = json::parse(row[7].c_str());
+  stored.entity = result.value("entity", json());
+  stored.error = result.value("error", json());
+  stored.first_processed_at = Timestamp(std::chrono::microseconds(row[8].as<std::int64_t>()));
+  stored.source = {row[10].c_str(), row[11].as<std::int32_t>(), row[12].as<std::int64_t>()};
+  return stored;
+}
+
 // How one claimed command's entity write ended.
 struct EntityOutcome {
   enum class Kind { created, conflict, invalid } kind = Kind::created;
@@ -621,17 +640,7 @@ FROM existing e, guard)SQL";
                                       .source = command.source});
       continue;
     }
-    const std::string status = row[6].c_str();
-    StoredKey stored;
-    stored.command_type = row[4].c_str();
-    stored.fingerprint = fingerprint_from_hex(row[5].c_str());
-    stored.status = status == "created" ? Status::created : Status::conflict;
-    const auto result = json::parse(row[7].c_str());
-    stored.entity = result.value("entity", json());
-    stored.error = result.value("error", json());
-    stored.first_processed_at = Timestamp(std::chrono::microseconds(row[8].as<std::int64_t>()));
-    stored.source = {row[10].c_str(), row[11].as<std::int32_t>(), row[12].as<std::int64_t>()};
-    known.emplace(ids[i], std::move(stored));
+    known.emplace(ids[i], stored_key_from_row(row));
   }
   // The guard saw every leader settled; this statement's snapshot cannot see two scopes claiming
   // one key inside the batch, so that is checked here, as on the claim-first path.
@@ -696,20 +705,7 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
           reclaim.push_back(claim_row(commands[i]));
           return;
         }
-        const std::string status = row[6].c_str();
-        if (status == "pending") {
-          throw TransientDatabaseError("found an uncommitted key row; retrying", "");
-        }
-        StoredKey stored;
-        stored.command_type = row[4].c_str();
-        stored.fingerprint = fingerprint_from_hex(row[5].c_str());
-        stored.status = status == "created" ? Status::created : Status::conflict;
-        const auto result = json::parse(row[7].c_str());
-        stored.entity = result.value("entity", json());
-        stored.error = result.value("error", json());
-        stored.first_processed_at = Timestamp(std::chrono::microseconds(row[8].as<std::int64_t>()));
-        stored.source = {row[10].c_str(), row[11].as<std::int32_t>(), row[12].as<std::int64_t>()};
-        known.emplace(ids[i], std::move(stored));
+        known.emplace(ids[i], stored_key_from_row(row));
       };
 
       // 1. claim the new keys, read the known ones
