@@ -87,6 +87,15 @@ class E2ETestCase(unittest.TestCase):
                 found[source] = (message["key"], result)
         return found
 
+    def produce_checked(self, records):
+        """Produces records, waits for their results, checks each against SPEC §2, and returns
+        (record key, result) per record, in order."""
+        sources = self.produce(records)
+        found = self.results_for(sources)
+        for source in sources:
+            self.check_result(*found[source], source)
+        return [found[s] for s in sources]
+
     def check_result(self, record_key, result, source):
         """Every field of SPEC §2 present with the right type; record key and source right."""
         self.assertEqual(set(result), set(RESULT_FIELDS), result)
@@ -137,11 +146,7 @@ class OutcomeTest(E2ETestCase):
             command(key, "Buy bread"),                  # same key, other payload
             command(key, "Buy milk", scope="org-2", payload={"title": "Buy milk", "description": "From store"}),
         ]
-        sources = self.produce(records)
-        found = self.results_for(sources)
-        for source in sources:
-            self.check_result(*found[source], source)
-        created, duplicate, reused, other_scope = (found[s][1] for s in sources)
+        created, duplicate, reused, other_scope = (r for _, r in self.produce_checked(records))
 
         self.assertEqual(created["status"], "created")
         self.assertFalse(created["replayed"])
@@ -175,8 +180,10 @@ class OutcomeTest(E2ETestCase):
                           f"WHERE scope = 'org-1' AND idempotency_key = '{key}'")
         self.assertEqual(stored["status"], "created")
         self.assertEqual(stored["result"]["entity"], entity)
+        # check_result verified created["source"] is the first record's position.
         self.assertEqual((stored["source_topic"], stored["source_partition"], stored["source_offset"]),
-                         sources[0])
+                         (created["source"]["topic"], created["source"]["partition"],
+                          created["source"]["offset"]))
         # Nothing was rejected: the dead-letter topic stays empty.
         with TopicReader(self.broker.bootstrap, DLQ) as dlq:
             self.assertEqual(dlq.poll(2), [])
@@ -232,14 +239,11 @@ class OutcomeTest(E2ETestCase):
         ]
         # Same record key for all, so they stay in order on one partition.
         raw = [(b"conversations", json.dumps(r).encode(), None) for r in records]
-        sources = self.produce(raw)
-        found = self.results_for(sources)
-        for source in sources:
-            self.check_result(*found[source], source)
-        first, again, other, incomplete = (found[s][1] for s in sources)
+        checked = self.produce_checked(raw)
+        first, again, other, incomplete = (r for _, r in checked)
         self.assertEqual(first["status"], "created")
         self.assertRegex(first["idempotency_key"], r"^nk:[0-9a-f]{64}$")
-        self.assertEqual(found[sources[0]][0], f'org-1/{first["idempotency_key"]}'.encode())
+        self.assertEqual(checked[0][0], f'org-1/{first["idempotency_key"]}'.encode())
         self.assertEqual(again["status"], "duplicate")
         self.assertTrue(again["replayed"])
         self.assertEqual(again["idempotency_key"], first["idempotency_key"])
@@ -328,11 +332,8 @@ class OutcomeTest(E2ETestCase):
         header_scope = (b"hs", json.dumps({"idempotency_key": "ds-3", "type": "todo.create",
                                            "payload": {"title": "h"}}).encode(),
                         [("idempotency-scope", b"org-h")])
-        sources = self.produce([(b"ds", json.dumps(no_scope).encode(), None), with_scope, header_scope])
-        found = self.results_for(sources)
-        for source in sources:
-            self.check_result(*found[source], source)
-        (k1, r1), (k2, r2), (k3, r3) = (found[s] for s in sources)
+        (k1, r1), (k2, r2), (k3, r3) = self.produce_checked(
+            [(b"ds", json.dumps(no_scope).encode(), None), with_scope, header_scope])
         self.assertEqual((r1["status"], r1["scope"], k1), ("created", "tenant-x", b"tenant-x/ds-1"))
         self.assertEqual((r2["status"], r2["scope"], k2), ("created", "org-9", b"org-9/ds-2"))
         self.assertEqual((r3["status"], r3["scope"], k3), ("created", "org-h", b"org-h/ds-3"))
@@ -404,6 +405,16 @@ class CommandLineTest(E2ETestCase):
             with self.subTest(name):
                 out = self.run_cli(*args)
                 self.assertEqual(out.returncode, 2, f"{name}: stdout={out.stdout!r} stderr={out.stderr!r}")
+                self.assertIn(field, out.stderr, name)
+        # librdkafka properties also come from DEDUP_KAFKA_<PROPERTY> (for secrets): these reach
+        # the clients only if the worker passes its environment through.
+        for name, env, field in [
+            ("refused setting via env", {"DEDUP_KAFKA_ENABLE_IDEMPOTENCE": "false"}, "enable.idempotence"),
+            ("unknown property via env", {"DEDUP_KAFKA_NO_SUCH_PROPERTY": "1"}, "no.such.property"),
+        ]:
+            with self.subTest(name):
+                out = self.run_cli(*self.run_args(), env=env)
+                self.assertEqual(out.returncode, 2, f"{name}: stderr={out.stderr!r}")
                 self.assertIn(field, out.stderr, name)
         with self.subTest("bad DEDUP_KEY_TTL env var"):
             out = self.run_cli(*self.run_args(), env={"DEDUP_KEY_TTL": "soon"})

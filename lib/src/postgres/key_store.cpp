@@ -46,9 +46,26 @@ constexpr const char* kStoreResults = "dedup_store_results";
 constexpr const char* kForget = "dedup_forget";
 constexpr const char* kWriteEach = "dedup_write_each";
 
-// Rows of both statements below: claimed, scope, key, cross_scope, then (for a row that exists)
-// command_type, fingerprint (hex), status, result, created_at (µs), expired, source topic,
-// partition, offset.
+// The claim, lookup and fast-path statements return key rows in one layout: claimed, scope, key,
+// cross_scope, then, for a row that exists, command_type, fingerprint (hex), status, result,
+// created_at (µs), expired, source topic, partition, offset (stored_key_from_row reads them).
+// {stored_row} is that projection of an existing row aliased k; $2 is now.
+constexpr std::string_view kStoredRowColumns = R"SQL(false, k.scope, k.idempotency_key, false,
+  k.command_type, encode(k.fingerprint, 'hex'), k.status, k.result::text,
+  (extract(epoch FROM k.created_at) * 1000000)::bigint, k.expires_at <= $2::timestamptz,
+  k.source_topic, k.source_partition, k.source_offset)SQL";
+
+// A statement ready to prepare: {stored_row} and {schema} filled in.
+std::string statement_sql(std::string_view sql, std::string_view schema) {
+  std::string out(sql);
+  constexpr std::string_view kPlaceholder = "{stored_row}";
+  for (auto pos = out.find(kPlaceholder); pos != std::string::npos; pos = out.find(kPlaceholder, pos)) {
+    out.replace(pos, kPlaceholder.size(), kStoredRowColumns);
+    pos += kStoredRowColumns.size();
+  }
+  return pg::with_schema(out, schema);
+}
+
 //
 // Claim or look up, in one round trip: `existing` reads the committed rows of the batch's keys
 // (the statement's snapshot); the others are INSERTed, sorted, ON CONFLICT DO NOTHING. A key that
@@ -81,16 +98,11 @@ SELECT true, c.scope, c.idempotency_key, c.cross_scope, NULL::text, NULL::text, 
        NULL::text, NULL::bigint, NULL::boolean, NULL::text, NULL::integer, NULL::bigint
 FROM claimed c
 UNION ALL
-SELECT false, e.scope, e.idempotency_key, false, e.command_type, encode(e.fingerprint, 'hex'),
-       e.status, e.result::text, (extract(epoch FROM e.created_at) * 1000000)::bigint,
-       e.expires_at <= $2::timestamptz, e.source_topic, e.source_partition, e.source_offset
-FROM existing e)SQL";
+SELECT {stored_row} FROM existing k)SQL";
 
-// $1: [{s, k}], $2: now. Same row layout as kClaimSql.
+// $1: [{s, k}], $2: now.
 constexpr const char* kLookupSql = R"SQL(
-SELECT false, k.scope, k.idempotency_key, false, k.command_type, encode(k.fingerprint, 'hex'),
-       k.status, k.result::text, (extract(epoch FROM k.created_at) * 1000000)::bigint,
-       k.expires_at <= $2::timestamptz, k.source_topic, k.source_partition, k.source_offset
+SELECT {stored_row}
 FROM jsonb_to_recordset($1::jsonb) AS x(s text, k text)
 JOIN {schema}.idempotency_keys k ON k.scope = x.s AND k.idempotency_key = x.k)SQL";
 
@@ -142,13 +154,6 @@ std::string key_id(std::string_view scope, std::string_view key) {
   return id;
 }
 
-json claim_row(const Command& command) {
-  return json{{"s", command.scope},          {"k", command.idempotency_key},
-              {"t", command.type->name},     {"f", to_hex(command.fingerprint)},
-              {"tp", command.source.topic},  {"p", command.source.partition},
-              {"o", command.source.offset}};
-}
-
 // Appends `text` as a JSON string. Our strings are valid UTF-8 (validated keys and scopes, Kafka
 // topic names, type names from the config), so only quotes, backslashes and control characters
 // need escaping.
@@ -169,6 +174,62 @@ void append_json_string(std::string& out, std::string_view text) {
     }
   }
   out += '"';
+}
+
+// The fields of a claim, "s","k","t","f","tp","p","o", appended to `out` without the braces, so
+// the fast path can add its own. Written directly rather than through JSON objects: this runs
+// for every command of every batch (a tenth of the client's time, measured, the other way).
+void append_claim_fields(std::string& out, const Command& command) {
+  out += R"("s":)";
+  append_json_string(out, command.scope);
+  out += R"(,"k":)";
+  append_json_string(out, command.idempotency_key);
+  out += R"(,"t":)";
+  append_json_string(out, command.type->name);
+  out += R"(,"f":")";
+  out += to_hex(command.fingerprint);
+  out += R"(","tp":)";
+  append_json_string(out, command.source.topic);
+  out += R"(,"p":)";
+  out += std::to_string(command.source.partition);
+  out += R"(,"o":)";
+  out += std::to_string(command.source.offset);
+}
+
+// The claims of commands[indices] as a JSON array (the input of kClaimSql and kReclaimSql).
+std::string claim_array(std::span<const Command> commands, const std::vector<std::size_t>& indices) {
+  std::string out = "[";
+  for (auto i : indices) {
+    if (out.size() > 1) out += ',';
+    out += '{';
+    append_claim_fields(out, commands[i]);
+    out += '}';
+  }
+  return out + ']';
+}
+
+// The quoted column list of a table-mode command: its payload's fields, in canonical order.
+std::string column_list(const json& payload) {
+  std::string columns;
+  for (const auto& [field, value] : payload.items()) {
+    if (!columns.empty()) columns += ", ";
+    columns += quote_identifier(field);
+  }
+  return columns;
+}
+
+// Two scopes claiming one key inside a batch: the claiming statement's snapshot cannot see that,
+// so both protocols check their claimed leaders here.
+void mark_cross_scope_in_batch(std::span<const Command> commands,
+                               const std::vector<std::size_t>& claimed,
+                               const std::vector<std::string>& ids,
+                               std::unordered_set<std::string>& cross_scope) {
+  std::unordered_map<std::string_view, std::string_view> scope_of_key;
+  for (auto i : claimed) {
+    const auto [it, inserted] =
+        scope_of_key.try_emplace(commands[i].idempotency_key, commands[i].scope);
+    if (!inserted && it->second != commands[i].scope) cross_scope.insert(ids[i]);
+  }
 }
 
 Fingerprint fingerprint_from_hex(std::string_view hex) {
@@ -264,12 +325,12 @@ struct PostgresKeyStore::Impl {
     pqxx::nontransaction(*fresh).exec("SET plan_cache_mode = force_custom_plan");
     fast_path_statements.clear();  // prepared statements belong to the old connection
     const auto& schema = options.schema;
-    fresh->prepare(kClaim, pg::with_schema(kClaimSql, schema));
-    fresh->prepare(kLookup, pg::with_schema(kLookupSql, schema));
-    fresh->prepare(kReclaim, pg::with_schema(kReclaimSql, schema));
-    fresh->prepare(kStoreResults, pg::with_schema(kStoreResultsSql, schema));
-    fresh->prepare(kForget, pg::with_schema(kForgetSql, schema));
-    fresh->prepare(kWriteEach, pg::with_schema(kWriteEachSql, schema));
+    fresh->prepare(kClaim, statement_sql(kClaimSql, schema));
+    fresh->prepare(kLookup, statement_sql(kLookupSql, schema));
+    fresh->prepare(kReclaim, statement_sql(kReclaimSql, schema));
+    fresh->prepare(kStoreResults, statement_sql(kStoreResultsSql, schema));
+    fresh->prepare(kForget, statement_sql(kForgetSql, schema));
+    fresh->prepare(kWriteEach, statement_sql(kWriteEachSql, schema));
     connection = std::move(fresh);
     return *connection;
   }
@@ -280,7 +341,6 @@ struct PostgresKeyStore::Impl {
   std::unordered_set<std::string> per_row_groups;
   // Fast-path statements prepared on the current connection: group signature -> name.
   std::unordered_map<std::string, std::string> fast_path_statements;
-  bool fast_path = true;          // this attempt may try the single-statement fast path
   int fast_path_cooldown = 0;     // batches left before the fast path is tried again
   std::size_t fast_path_fallbacks = 0;
 
@@ -302,9 +362,10 @@ struct PostgresKeyStore::Impl {
                      std::unordered_set<std::string>& cross_scope, const std::string& now_text,
                      const std::string& expires_text, Timestamp now);
 
-  // `autocommit`: txn is a pqxx::nontransaction, so only the fast path's single statement may run.
+  // `fast`: settle the batch with the fast path's single statement, in a pqxx::nontransaction
+  // (apply() checked fast_path_applies); otherwise the claim-first protocol, in a pqxx::work.
   std::vector<CommandResult> run(pqxx::transaction_base& txn, std::span<const Command> commands,
-                                 Timestamp now, bool autocommit);
+                                 Timestamp now, bool fast);
   std::vector<EntityOutcome> write_entities(pqxx::transaction_base& txn, std::span<const Command> commands,
                                             const std::vector<std::size_t>& claimed);
   void write_group_per_row(pqxx::transaction_base& txn, std::span<const Command> commands,
@@ -385,14 +446,8 @@ std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
     slot_of[claimed[slot]] = slot;
     const CommandType& type = *command.type;
     std::string identity = type.name;
-    std::string columns;
-    if (type.table) {
-      for (const auto& [field, value] : command.payload.items()) {
-        if (!columns.empty()) columns += ", ";
-        columns += quote_identifier(field);
-      }
-      identity += '\n' + columns;
-    }
+    const std::string columns = type.table ? column_list(command.payload) : std::string();
+    if (type.table) identity += '\n' + columns;
     auto [it, inserted] = group_of.try_emplace(identity, groups.size());
     if (inserted) {
       EntityGroup group;
@@ -503,11 +558,9 @@ void PostgresKeyStore::Impl::run_fast_path(
   };
   std::vector<Group> groups;
   std::unordered_map<std::string, int> group_of;
-  // The statement's input, written directly: this runs for every command of every batch, and
-  // building JSON objects to serialize them was a tenth of the client's time (measured).
-  std::string input = "[";
+  std::string input = "[";  // the claims, plus each command's group and payload
   const Command* previous = nullptr;  // batches are mostly one shape: reuse its group
-  int group = 0;
+  int current_group = 0;
   for (auto i : leaders) {
     const Command& command = commands[i];
     const bool same_shape =
@@ -516,35 +569,19 @@ void PostgresKeyStore::Impl::run_fast_path(
                    command.payload.items().begin(), command.payload.items().end(),
                    [](const auto& a, const auto& b) { return a.key() == b.key(); });
     if (!same_shape) {
-      std::string columns;
-      for (const auto& [field, value] : command.payload.items()) {
-        if (!columns.empty()) columns += ", ";
-        columns += quote_identifier(field);
-      }
+      auto columns = column_list(command.payload);
       const auto table = command.type->table->quoted();
       const auto [it, inserted] =
           group_of.try_emplace(table + '\n' + columns, static_cast<int>(groups.size()));
       if (inserted) groups.push_back({table, columns});
-      group = it->second;
+      current_group = it->second;
     }
     previous = &command;
     if (input.size() > 1) input += ',';
-    input += R"({"s":)";
-    append_json_string(input, command.scope);
-    input += R"(,"k":)";
-    append_json_string(input, command.idempotency_key);
-    input += R"(,"t":)";
-    append_json_string(input, command.type->name);
-    input += R"(,"f":")";
-    input += to_hex(command.fingerprint);
-    input += R"(","tp":)";
-    append_json_string(input, command.source.topic);
-    input += R"(,"p":)";
-    input += std::to_string(command.source.partition);
-    input += R"(,"o":)";
-    input += std::to_string(command.source.offset);
+    input += '{';
+    append_claim_fields(input, command);
     input += R"(,"g":)";
-    input += std::to_string(group);
+    input += std::to_string(current_group);
     input += R"(,"pl":)";
     input += command.canonical_payload;
     input += '}';
@@ -601,10 +638,7 @@ SELECT true, c.scope, c.idempotency_key, c.cross_scope, NULL::text, NULL::text, 
        (c.result -> 'entity')::text, NULL::bigint, false, NULL::text, NULL::integer, NULL::bigint
 FROM claimed c, guard
 UNION ALL
-SELECT false, e.scope, e.idempotency_key, false, e.command_type, encode(e.fingerprint, 'hex'),
-       e.status, e.result::text, (extract(epoch FROM e.created_at) * 1000000)::bigint,
-       e.expires_at <= $2::timestamptz, e.source_topic, e.source_partition, e.source_offset
-FROM existing e, guard)SQL";
+SELECT {stored_row} FROM existing k, guard)SQL";
 
   // Prepared once per connection and group signature: parsing and analysing this statement is a
   // third of its cost at small batches. (Plans stay custom: see conn().)
@@ -613,7 +647,7 @@ FROM existing e, guard)SQL";
   auto [prepared, inserted] = fast_path_statements.try_emplace(signature);
   if (inserted) {
     prepared->second = "dedup_fast_" + std::to_string(fast_path_statements.size());
-    txn.conn().prepare(prepared->second, pg::with_schema(sql, options.schema));
+    txn.conn().prepare(prepared->second, statement_sql(sql, options.schema));
   }
   pqxx::result rows;
   try {
@@ -642,18 +676,12 @@ FROM existing e, guard)SQL";
     }
     known.emplace(ids[i], stored_key_from_row(row));
   }
-  // The guard saw every leader settled; this statement's snapshot cannot see two scopes claiming
-  // one key inside the batch, so that is checked here, as on the claim-first path.
-  std::unordered_map<std::string_view, std::string_view> scope_of_key;
-  for (auto i : claimed_leaders) {
-    const auto [it, inserted] = scope_of_key.try_emplace(commands[i].idempotency_key, commands[i].scope);
-    if (!inserted && it->second != commands[i].scope) cross_scope.insert(ids[i]);
-  }
+  mark_cross_scope_in_batch(commands, claimed_leaders, ids, cross_scope);
 }
 
 std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& txn,
                                                        std::span<const Command> commands,
-                                                       Timestamp now, bool autocommit) {
+                                                       Timestamp now, bool fast) {
   const auto now_text = pg::to_pg_timestamp(now);
   const auto expires_text = pg::to_pg_timestamp(now + options.key_ttl);
 
@@ -678,12 +706,10 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
     }
 
     std::vector<std::size_t> claimed;
-    const bool fast = round == 0 && fast_path && !leaders.empty() &&
-                      std::all_of(leaders.begin(), leaders.end(),
-                                  [&](std::size_t i) { return commands[i].type->table.has_value(); });
-    if (!fast && autocommit) {
-      // Only the single statement of the fast path may run without an explicit transaction.
-      throw std::logic_error("key store: a multi-statement batch in autocommit mode");
+    if (fast && round > 0) {
+      // The fast path settles every key of the batch in round 0; a second round would run a
+      // statement outside the one atomic statement the caller relies on.
+      throw std::logic_error("key store: the fast path left keys unsettled");
     }
     if (fast) {
       run_fast_path(txn, commands, leaders, leader_of, ids, known, cross_scope, now_text,
@@ -691,8 +717,8 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
     } else if (!leaders.empty()) {
       std::unordered_set<std::size_t> claimed_set;
       std::unordered_set<std::size_t> settled;  // claimed, found live, or found expired
-      json reclaim = json::array();
-      // A key row as both statements return it: claimed by us, or committed before.
+      std::vector<std::size_t> reclaim;  // leaders whose row expired
+      // A key row as the claim and lookup statements return it: claimed by us, or committed.
       auto take_row = [&](const pqxx::row& row) {
         const auto i = leader_of.at(key_id(row[1].c_str(), row[2].c_str()));
         settled.insert(i);
@@ -702,26 +728,16 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
           return;
         }
         if (row[9].as<bool>()) {  // expired: absent, unless someone re-claims it first
-          reclaim.push_back(claim_row(commands[i]));
+          reclaim.push_back(i);
           return;
         }
         known.emplace(ids[i], stored_key_from_row(row));
       };
 
       // 1. claim the new keys, read the known ones
-      json rows = json::array();
-      for (auto i : leaders) rows.push_back(claim_row(commands[i]));
-      for (const auto& row : txn.exec_prepared(kClaim, rows.dump(), now_text, expires_text)) {
+      for (const auto& row :
+           txn.exec_prepared(kClaim, claim_array(commands, leaders), now_text, expires_text)) {
         take_row(row);
-      }
-      // Two scopes claiming one key inside this batch: the statement's snapshot cannot see it.
-      std::unordered_map<std::string_view, std::string_view> scope_of_key;
-      for (auto i : leaders) {
-        const auto [it, inserted] =
-            scope_of_key.try_emplace(commands[i].idempotency_key, commands[i].scope);
-        if (!inserted && it->second != commands[i].scope && claimed_set.contains(i)) {
-          cross_scope.insert(ids[i]);
-        }
       }
 
       // 2. keys a concurrent batch committed while we waited: read them with a new snapshot
@@ -735,7 +751,8 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
         for (const auto& row : txn.exec_prepared(kLookup, lost.dump(), now_text)) take_row(row);
       }
       if (!reclaim.empty()) {
-        for (const auto& row : txn.exec_prepared(kReclaim, reclaim.dump(), now_text, expires_text)) {
+        for (const auto& row : txn.exec_prepared(kReclaim, claim_array(commands, reclaim), now_text,
+                                                 expires_text)) {
           const auto i = leader_of.at(key_id(row[0].c_str(), row[1].c_str()));
           claimed_set.insert(i);
           if (row[2].as<bool>()) cross_scope.insert(ids[i]);
@@ -744,6 +761,7 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
       for (auto i : leaders) {
         if (claimed_set.contains(i)) claimed.push_back(i);
       }
+      mark_cross_scope_in_batch(commands, claimed, ids, cross_scope);
     }
 
     if (!claimed.empty()) {
@@ -836,25 +854,25 @@ std::vector<CommandResult> PostgresKeyStore::apply(std::span<const Command> comm
                                                    Timestamp now) {
   if (commands.empty()) return {};
   impl_->per_row_groups.clear();
-  impl_->fast_path = impl_->fast_path_cooldown == 0;
+  bool fast = impl_->fast_path_cooldown == 0 && Impl::fast_path_applies(commands);
   if (impl_->fast_path_cooldown > 0) --impl_->fast_path_cooldown;
   for (int attempt = 1;; ++attempt) {
     try {
       try {
-        if (impl_->fast_path && impl_->fast_path_applies(commands)) {
+        if (fast) {
           // The fast path is one statement, atomic by itself: run without BEGIN/COMMIT, two
           // round trips fewer. (An in-doubt implicit commit is retried like any other: each
           // record then finds its own claim and gets its result back.)
           pqxx::nontransaction txn(impl_->conn());
-          return impl_->run(txn, commands, now, /*autocommit=*/true);
+          return impl_->run(txn, commands, now, /*fast=*/true);
         }
         pqxx::work txn(impl_->conn());
-        auto results = impl_->run(txn, commands, now, /*autocommit=*/false);
+        auto results = impl_->run(txn, commands, now, /*fast=*/false);
         txn.commit();
         return results;
       } catch (const FastPathRefused&) {
-        // Not a failure: redone with the claim-first protocol (the rollback undid everything).
-        impl_->fast_path = false;
+        // Not a failure: redone with the claim-first protocol (the statement left no trace).
+        fast = false;
         impl_->fast_path_cooldown = kFastPathCooldownBatches;
         ++impl_->fast_path_fallbacks;
         --attempt;
