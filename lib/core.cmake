@@ -5,7 +5,9 @@ dedup_component(core
     src/core/config.cpp
     src/core/duration.cpp
     src/core/fingerprint.cpp
+    src/core/json_text.cpp
     src/core/logging.cpp
+    src/core/outbound.cpp
     src/core/processor.cpp
     src/core/result.cpp
   PUBLIC_LIBS nlohmann_json::nlohmann_json

@@ -14,6 +14,7 @@
 #include "dedup/config.hpp"
 #include "dedup/duration.hpp"
 #include "dedup/errors.hpp"
+#include "dedup/json_text.hpp"
 #include "dedup/kafka/admin.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/logging.hpp"
@@ -256,7 +257,7 @@ int main(int argc, char** argv) {
         std::cerr << fmt::format("no key '{}' in scope '{}'\n", inspect_key, inspect_scope);
         return 1;
       }
-      std::cout << row->dump(2) << "\n";
+      std::cout << dedup::to_json_text(*row) << "\n";  // numbers exactly as stored
       return 0;
     }
     if (*dev_broker) {

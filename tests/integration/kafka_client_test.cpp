@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -20,6 +21,8 @@ using test::fast_group_settings;
 using test::read_topic;
 using test::unique_name;
 using test::write_records;
+
+constexpr OutputLimit kRoomy{1 << 20, false};
 
 std::string binary(std::initializer_list<int> bytes) {
   std::string out;
@@ -180,30 +183,92 @@ TEST_F(KafkaClientTest, PausedConsumerServesTheGroupButDeliversNothingUntilResum
   EXPECT_EQ(read.size(), 6u);
 }
 
+// Serves both consumers until `done` holds (or 30 s pass).
+template <typename Done>
+void serve_until(Consumer& a, Consumer& b, Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    a.serve(50ms);
+    b.serve(50ms);
+  }
+}
+
 TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
   cluster_.create_topic("coop", 2);
+  write_records(brokers_, std::vector<OutboundRecord>{{"coop", "a", "0", {}, 0}});
+  write_records(brokers_, std::vector<OutboundRecord>{{"coop", "b", "1", {}, 1}});
   KafkaSettings settings = fast_group_settings();
   settings[config_key::kPartitionAssignmentStrategy] = "cooperative-sticky";
   const std::string group = unique_name("coop");
   Observer observer;
   Consumer first({brokers_, group, {"coop"}, settings}, observer);
+  std::vector<InboundRecord> held;
   const auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (first.assigned_count() < 2 && std::chrono::steady_clock::now() < deadline) {
-    first.serve(100ms);
+  while (held.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : first.poll_batch(10, 1 << 20, 100ms)) held.push_back(std::move(r));
   }
   ASSERT_EQ(first.assigned_count(), 2u);
-  EXPECT_TRUE(first.take_revoked().empty());
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_EQ(first.drop_unowned(held), 0u);
 
   Consumer second({brokers_, group, {"coop"}, settings}, observer);
-  while ((first.assigned_count() != 1 || second.assigned_count() != 1) &&
-         std::chrono::steady_clock::now() < deadline) {
-    first.serve(50ms);
-    second.serve(50ms);
-  }
+  serve_until(first, second,
+              [&] { return first.assigned_count() == 1 && second.assigned_count() == 1; });
   EXPECT_EQ(first.assigned_count(), 1u);
   EXPECT_EQ(second.assigned_count(), 1u);
-  EXPECT_EQ(first.take_revoked().size(), 1u);  // only the partition that moved
-  EXPECT_TRUE(second.take_revoked().empty());
+  EXPECT_EQ(first.drop_unowned(held), 1u);  // only the record of the partition that moved
+  EXPECT_EQ(held.size(), 1u);
+}
+
+// Regression (issue 8, defect 1): an eager rebalance that revokes a partition and assigns it back
+// inside one poll. Records read before the revocation must be dropped (the partition restarts
+// from its committed offset), records read after the new assignment must be kept: dropping them
+// let the next commit skip them.
+TEST_F(KafkaClientTest, ReassignedPartitionKeepsRecordsReadAfterTheNewAssignment) {
+  cluster_.create_topic("eager", 2);
+  KafkaSettings settings = fast_group_settings();  // eager (range) assignor
+  const std::string group = unique_name("eager");
+  Observer observer;
+  Consumer first({brokers_, group, {"eager"}, settings}, observer);
+  for (int p = 0; p < 2; ++p) {
+    write_records(brokers_, std::vector<OutboundRecord>{{"eager", "k", "before", {}, p}});
+  }
+  std::vector<InboundRecord> before;  // read under the first assignment, held (e.g. in a backoff)
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (before.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : first.poll_batch(10, 1 << 20, 100ms)) before.push_back(std::move(r));
+  }
+  ASSERT_EQ(before.size(), 2u);
+
+  // A member joins: eager revokes both partitions from `first`, then gives one back.
+  {
+    Consumer second({brokers_, group, {"eager"}, settings}, observer);
+    serve_until(first, second,
+                [&] { return first.assigned_count() == 1 && second.assigned_count() == 1; });
+    ASSERT_EQ(first.assigned_count(), 1u);
+    second.close();
+  }
+  // Both records were read under an assignment that is gone, even the one whose partition is
+  // assigned to `first` again.
+  auto held = before;
+  EXPECT_EQ(first.drop_unowned(held), 2u);
+
+  // The member left: `first` gets both partitions back and reads from the committed offsets
+  // (nothing committed: from the start), so every record comes again, under the new assignment.
+  for (int p = 0; p < 2; ++p) {
+    write_records(brokers_, std::vector<OutboundRecord>{{"eager", "k", "after", {}, p}});
+  }
+  std::vector<InboundRecord> after;
+  std::set<std::pair<std::int32_t, std::string>> seen;  // (partition, value) currently held
+  deadline = std::chrono::steady_clock::now() + 60s;
+  while (seen.size() < 4 && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : first.poll_batch(10, 1 << 20, 100ms)) after.push_back(std::move(r));
+    first.drop_unowned(after);  // a rebalance may still come: keep only what is ours now
+    seen.clear();
+    for (const auto& r : after) seen.emplace(r.source.partition, r.value.value_or(""));
+  }
+  EXPECT_EQ(first.assigned_count(), 2u);
+  EXPECT_EQ(seen.size(), 4u) << "every record, before and after, is delivered again and kept";
 }
 
 TEST_F(KafkaClientTest, ProducerWaitsForEveryAcknowledgement) {
@@ -258,7 +323,7 @@ TEST_F(KafkaClientTest, DeadLetterCarriesOriginalBytesAndHeadersPlusFive) {
 
   const Rejection rejection{RejectCode::invalid_json, "value is not valid JSON: byte 1"};
   write_records(brokers_, std::vector<OutboundRecord>{
-                              make_dead_letter(consumed[0], rejection, "commands.dlq")});
+                              make_dead_letter(consumed[0], rejection, "commands.dlq", kRoomy)});
   const auto dead = read_topic(brokers_, "commands.dlq", 1);
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].key, original.key);
@@ -287,7 +352,7 @@ TEST(KafkaRecords, ResultRecordIsKeyedByScopeAndKey) {
   result.type = "todo.create";
   result.entity = {{"id", 1}};
   result.source = {"commands", 2, 7};
-  const OutboundRecord record = make_result_record(result, "commands.results");
+  const OutboundRecord record = make_result_record(result, "commands.results", kRoomy);
   EXPECT_EQ(record.topic, "commands.results");
   EXPECT_EQ(record.key, "org-1/k-1");
   ASSERT_TRUE(record.value);
@@ -296,7 +361,7 @@ TEST(KafkaRecords, ResultRecordIsKeyedByScopeAndKey) {
 
   CommandResult rejected;
   rejected.error = {{"code", "invalid_json"}, {"message", std::string("bad byte \xff here")}};
-  const OutboundRecord keyless = make_result_record(rejected, "r");
+  const OutboundRecord keyless = make_result_record(rejected, "r", kRoomy);
   EXPECT_FALSE(keyless.key.has_value());
   EXPECT_TRUE(nlohmann::json::accept(*keyless.value));  // invalid UTF-8 was replaced
 }

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -151,6 +152,52 @@ TEST_F(WorkerTest, PublishesOneResultPerRecordDeadLettersRejectsAndCommits) {
 
   EXPECT_EQ(total_committed(), static_cast<std::int64_t>(input.size()));
   for (const double e2e : observer_.end_to_end()) EXPECT_GE(e2e, 0.0);
+}
+
+// Regression (issue 8, defect 3): a compressible 1.2 MB record was rejected as too large, but its
+// dead letter exceeded the producer's message.max.bytes: retried forever, offset never committed,
+// a new `rejected` result each time. And an entity too large for a result blocked the partition.
+TEST_F(WorkerTest, RecordsTooLargeForKafkaAreWrittenCutDownAndCommitted) {
+  const std::string huge_title(1'200'000, 'x');  // compresses to almost nothing
+  const std::string big_title(600'000, 'y');
+  {
+    Observer quiet;
+    kafka::Producer big_writer({brokers_, {{"message.max.bytes", "3000000"}}}, quiet);
+    const std::vector<OutboundRecord> input = {
+        command("huge", R"({"title":")" + huge_title + R"("})"),
+        command("big", R"({"title":")" + big_title + R"("})"), command("small")};
+    ASSERT_TRUE(big_writer.send_batch(input).ok());
+  }
+  WorkerOptions o = options();
+  o.kafka_settings["message.max.bytes"] = "500000";  // the results' entity will not fit
+  RunningWorker running(o, processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == 3; }, 30s));
+  EXPECT_TRUE(eventually([&] { return total_committed() == 3; }));
+  EXPECT_EQ(running.stop(), 0);
+
+  std::map<std::string, nlohmann::json> by_key;
+  for (const auto& record : read_topic(brokers_, "commands.results", 3)) {
+    ASSERT_LE(record.value->size(), 500'000u);
+    const auto doc = nlohmann::json::parse(*record.value);
+    // Rejected before it was parsed: the too-large record's result names no key.
+    by_key[doc.at("idempotency_key").is_null() ? "huge" : doc.at("idempotency_key").get<std::string>()] = doc;
+  }
+  EXPECT_EQ(by_key.at("huge").at("status"), "rejected");
+  EXPECT_EQ(by_key.at("huge").at("error").at("code"), "too_large");
+  EXPECT_EQ(by_key.at("big").at("status"), "created");
+  EXPECT_TRUE(by_key.at("big").at("entity").is_null());
+  EXPECT_GT(by_key.at("big").at("entity_omitted").at("bytes").get<std::size_t>(), 600'000u);
+  EXPECT_EQ(by_key.at("small").at("entity").at("title"), "t");
+
+  const auto dead = read_topic(brokers_, "commands.dlq", 1);
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].value->size(), kDlqValuePrefixBytes);
+  ASSERT_NE(dead[0].find_header("dedup-truncated"), nullptr);
+  EXPECT_EQ(dead[0].find_header("dedup-truncated")->value, "value");
+  EXPECT_EQ(dead[0].find_header("dedup-original-size")->value,
+            std::to_string(test::command_json("huge", "org", "todo.create",
+                                              R"({"title":")" + huge_title + R"("})")
+                               .size()));
 }
 
 TEST_F(WorkerTest, TransientDatabaseErrorRetriesTheBatchAndPublishesOnlyAfterSuccess) {

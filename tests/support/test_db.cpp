@@ -24,9 +24,8 @@ std::string substitute(std::string_view sql, const std::string& schema, bool quo
   return out;
 }
 
-// The example entity tables, shared with the demo: one definition, loaded into each test's schema.
-std::string entity_tables_sql() {
-  const std::string path = std::string(DEDUP_SOURCE_DIR) + "/scripts/demo.d/schema.sql";
+std::string read_source_file(const std::string& relative) {
+  const std::string path = std::string(DEDUP_SOURCE_DIR) + "/" + relative;
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot read " + path);
   std::stringstream text;
@@ -59,7 +58,9 @@ TestSchema::TestSchema() {
     txn.commit();
   }
   migrate(conninfo_, name_);
-  exec("SET LOCAL search_path TO {schema}, public; " + entity_tables_sql());
+  // The example entity tables, shared with the demo, and the hostile ones.
+  exec("SET LOCAL search_path TO {schema}, public; " + read_source_file("scripts/demo.d/schema.sql"));
+  exec("SET LOCAL search_path TO {schema}, public; " + read_source_file("tests/fixtures/hostile.sql"));
   config_yaml_ = substitute(R"YAML(
 commands:
   todo.create:
@@ -75,6 +76,15 @@ commands:
     key_from: [context_type, context_id, created_by]
 )YAML", name_, /*quote=*/false);
   catalog_ = std::make_unique<CommandCatalog>(CommandCatalog::from_yaml(config_yaml_));
+  hostile_config_yaml_ = config_yaml_ + substitute(R"YAML(
+  specimen.create:
+    table: {schema}.specimens
+  specimen.sql:
+    sql: |
+      INSERT INTO {schema}.specimens (label, amount, n)
+      SELECT label, amount, n FROM jsonb_to_record($1) AS x(label text, amount numeric, n int)
+      RETURNING *
+)YAML", name_, /*quote=*/false);
 }
 
 TestSchema::~TestSchema() {

@@ -31,6 +31,10 @@ class TestSchema {
   const std::string& conninfo() const { return conninfo_; }
   const std::string& config_yaml() const { return config_yaml_; }
   const CommandCatalog& catalog() const { return *catalog_; }
+  // The catalog above plus the hostile fixtures (tests/fixtures/hostile.sql):
+  //   specimen.create -> table <schema>.specimens
+  //   specimen.sql    -> explicit SQL into <schema>.specimens (label, amount, n)
+  const std::string& hostile_config_yaml() const { return hostile_config_yaml_; }
 
   // Runs SQL in which "{schema}" stands for the quoted schema name.
   void exec(std::string_view sql) const;
@@ -41,6 +45,7 @@ class TestSchema {
   std::string name_;
   std::string conninfo_;
   std::string config_yaml_;
+  std::string hostile_config_yaml_;
   std::unique_ptr<CommandCatalog> catalog_;
 };
 

@@ -1,5 +1,6 @@
 // SHA-256, canonical JSON and the command fingerprint of SPEC §1.
 #include "dedup/fingerprint.hpp"
+#include "dedup/json_text.hpp"
 
 #include <gtest/gtest.h>
 
@@ -94,26 +95,41 @@ struct NumberCase {
 class CanonicalNumberTest : public ::testing::TestWithParam<NumberCase> {};
 
 TEST_P(CanonicalNumberTest, WritesNumberAsGiven) {
-  EXPECT_EQ(canonical_json(json::parse(GetParam().input)), GetParam().canonical);
+  const auto parsed = parse_json(GetParam().input);
+  ASSERT_TRUE(std::holds_alternative<json>(parsed)) << std::get<std::string>(parsed);
+  EXPECT_EQ(canonical_json(std::get<json>(parsed)), GetParam().canonical);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Numbers, CanonicalNumberTest,
     ::testing::Values(NumberCase{"1", "1"}, NumberCase{"-1", "-1"}, NumberCase{"1.0", "1.0"},
                       NumberCase{"1.5", "1.5"}, NumberCase{"0.1", "0.1"},
-                      NumberCase{"1e2", "100.0"},
+                      NumberCase{"1e2", "1e2"}, NumberCase{"100.0", "100.0"},
+                      NumberCase{"1E+2", "1E+2"}, NumberCase{"1.50", "1.50"},
+                      NumberCase{"-0", "0"}, NumberCase{"-0.0", "-0.0"},
                       NumberCase{"9223372036854775807", "9223372036854775807"},
                       NumberCase{"-9223372036854775808", "-9223372036854775808"},
-                      NumberCase{"18446744073709551615", "18446744073709551615"}));
+                      NumberCase{"18446744073709551615", "18446744073709551615"},
+                      // Beyond 64 bits, and beyond a double's range or precision: as written.
+                      NumberCase{"18446744073709551616", "18446744073709551616"},
+                      NumberCase{"-9223372036854775809", "-9223372036854775809"},
+                      NumberCase{"12345678901234567.89", "12345678901234567.89"},
+                      NumberCase{"1e400", "1e400"}, NumberCase{"1e-400", "1e-400"},
+                      NumberCase{std::string(401, '9'), std::string(401, '9')}));
 
-// The header promises "an integer is written as that integer". An integer beyond 64 bits must not
-// silently become a double: 100000000000000000001 and 100000000000000000000 are different values.
-// Integers beyond 64 bits cannot be fingerprinted exactly (nlohmann reads them as doubles, so
-// ...001 and ...000 would collide): parse_command refuses them before a fingerprint is taken.
-// command_test.cpp asserts the rejection; here, the largest exact integers keep every digit.
-TEST(CanonicalJsonTest, SixtyFourBitIntegersKeepEveryDigit) {
-  EXPECT_EQ(canonical_json(json::parse("18446744073709551615")), "18446744073709551615");
-  EXPECT_EQ(canonical_json(json::parse("-9223372036854775808")), "-9223372036854775808");
+// Regression (issue 8, defect 4): numbers that a double cannot hold are distinct values, and
+// must have distinct fingerprints: 12345678901234567.89 and ...567.80 differ by a cent.
+TEST(CanonicalJsonTest, NumbersADoubleCannotHoldStayDistinct) {
+  auto fingerprint_of = [](std::string_view text) {
+    return command_fingerprint("t", std::get<json>(parse_json(text)));
+  };
+  EXPECT_NE(fingerprint_of(R"({"a":12345678901234567.89})"),
+            fingerprint_of(R"({"a":12345678901234567.80})"));
+  EXPECT_NE(fingerprint_of(R"({"a":100000000000000000001})"),
+            fingerprint_of(R"({"a":100000000000000000000})"));
+  EXPECT_NE(fingerprint_of(R"({"a":1e-400})"), fingerprint_of(R"({"a":0.0})"));
+  // Written differently is different: numbers are fingerprinted as written.
+  EXPECT_NE(fingerprint_of(R"({"a":1e2})"), fingerprint_of(R"({"a":100})"));
 }
 
 // --- command_fingerprint -----------------------------------------------------------------------

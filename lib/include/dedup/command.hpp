@@ -19,6 +19,8 @@ inline constexpr std::string_view kKeyHeader = "idempotency-key";
 inline constexpr std::string_view kScopeHeader = "idempotency-scope";
 inline constexpr std::size_t kMaxKeyLength = 255;
 inline constexpr std::size_t kMaxScopeLength = 255;
+// Error messages that quote input are cut to this many bytes.
+inline constexpr std::size_t kMaxRejectionMessageBytes = 1024;
 
 // Why a record is rejected. Each one is a stable, documented code (docs/contract.md) that appears
 // as error.code in the result and as the dedup-error-code header of the dead letter.

@@ -13,9 +13,8 @@ namespace dedup {
 using Fingerprint = std::array<std::uint8_t, 32>;
 
 // Canonical JSON: object keys sorted (bytewise) at every depth, no insignificant whitespace, arrays
-// in their order, strings as UTF-8 with only the escapes JSON requires. Numbers keep their JSON
-// type: an integer is written as that integer, a fraction or exponent number in the shortest form
-// that reads back as the same double (so 1 and 1.0 differ, 1e2 and 100.0 do not).
+// in their order, strings as UTF-8 with only the escapes JSON requires. Numbers as written
+// (dedup/json_text.hpp): 1, 1.0, 1e2 and 100 are four different texts.
 std::string canonical_json(const nlohmann::json& value);
 
 // SHA-256 through OpenSSL's EVP interface. Throws dedup::Error if OpenSSL fails (it does not in

@@ -31,6 +31,10 @@ struct InboundRecord {
   std::optional<std::string> value;  // bytes, nullopt for a null value (tombstone)
   std::vector<RecordHeader> headers;
   std::optional<std::int64_t> timestamp_ms;  // record timestamp (create or log-append time)
+  // Which assignment of its partition the record was read under (the Kafka consumer numbers
+  // every assignment; 0 elsewhere). A record read before its partition was revoked must not be
+  // mistaken for one read after it was assigned again (kafka::Consumer::drop_unowned).
+  std::uint64_t assignment = 0;
 
   // The value of the first header with this name, if any.
   const RecordHeader* find_header(std::string_view name) const {

@@ -37,7 +37,8 @@ struct CommandResult {
 
   // The results-topic value of SPEC §2.
   nlohmann::json to_json() const;
-  // The results-topic record key "<scope>/<idempotency_key>", nullopt when either is unknown.
+  // The results-topic record key "<scope>/<idempotency_key>", each part with '%' written as "%25"
+  // and '/' as "%2F"; nullopt when either is unknown.
   std::optional<std::string> record_key() const;
 };
 

@@ -20,6 +20,7 @@ namespace dedup {
 namespace kafka {
 class Consumer;
 class Producer;
+struct BatchDelivery;
 }  // namespace kafka
 
 struct WorkerOptions {
@@ -89,6 +90,13 @@ class Worker {
   // Serves the consumer for the backoff of `attempt` (or less, when stopping). Then drops records
   // of revoked partitions from `batch`.
   void back_off(int attempt, std::vector<InboundRecord>& batch);
+  // Drops the records of `batch` that were not read under their partition's current assignment.
+  void drop_unowned(std::vector<InboundRecord>& batch);
+  // Writes one result per record and a dead letter per rejected one, waiting for every
+  // acknowledgement; records too large for Kafka are written cut down (dedup/outbound.hpp).
+  kafka::BatchDelivery publish(const std::vector<InboundRecord>& batch,
+                               const std::vector<CommandResult>& results,
+                               std::chrono::steady_clock::time_point deadline);
   void note_stop() noexcept;
   bool drain_expired() noexcept;
   void warn_about_missing_topics();

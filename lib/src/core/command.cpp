@@ -2,12 +2,41 @@
 
 #include <fmt/format.h>
 
+#include "dedup/json_text.hpp"
+
 namespace dedup {
 namespace {
 
 using json = nlohmann::json;
 
-Rejection reject(RejectCode code, std::string message) { return {code, std::move(message)}; }
+// Messages may quote input (a field name, a parser's last token): bounded, so that a result or a
+// dead-letter header can never grow with the record.
+Rejection reject(RejectCode code, std::string_view message) {
+  return {code, truncate_utf8(message, kMaxRejectionMessageBytes)};
+}
+
+// Postgres stores no U+0000 in text or jsonb (it refuses "\u0000" in jsonb input, 22P05): a
+// payload carrying one can never be written, so it is refused here with a clear reason instead
+// of failing a whole statement later. Returns the path of the first field that has one.
+std::optional<std::string> find_nul(const json& value, const std::string& path) {
+  auto has_nul = [](std::string_view text) { return text.find('\0') != std::string_view::npos; };
+  if (value.is_string()) {
+    return has_nul(value.get_ref<const std::string&>()) ? std::optional(path) : std::nullopt;
+  }
+  if (value.is_object()) {
+    for (const auto& [name, member] : value.get_ref<const json::object_t&>()) {
+      std::string inner = path.empty() ? name : path + "." + name;
+      if (has_nul(name)) return inner;
+      if (auto found = find_nul(member, inner)) return found;
+    }
+  } else if (value.is_array()) {
+    std::size_t index = 0;
+    for (const auto& element : value.get_ref<const json::array_t&>()) {
+      if (auto found = find_nul(element, path + "[" + std::to_string(index++) + "]")) return found;
+    }
+  }
+  return std::nullopt;
+}
 
 // Where a value came from, for messages: formatted only when there is something to report (this
 // runs for every record; the happy path must not pay for error text).
@@ -37,115 +66,6 @@ std::optional<Rejection> check_key(std::string_view key, const Where& where) {
   }
   return std::nullopt;
 }
-
-// Length in code points of well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing
-// above U+10FFFF), or nullopt. Postgres and JSON refuse anything else, so must we.
-std::optional<std::size_t> utf8_length(std::string_view text) {
-  std::size_t count = 0;
-  std::size_t i = 0;
-  auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text[at]); };
-  auto continuation = [&](std::size_t at) { return at < text.size() && (byte(at) & 0xc0) == 0x80; };
-  while (i < text.size()) {
-    const unsigned char c = byte(i);
-    std::size_t width = 0;
-    if (c < 0x80) {
-      width = 1;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-      width = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      width = 3;
-      // E0 needs A0..BF (no overlong); ED needs 80..9F (no surrogates).
-      if (i + 1 < text.size() && ((c == 0xe0 && byte(i + 1) < 0xa0) || (c == 0xed && byte(i + 1) > 0x9f))) {
-        return std::nullopt;
-      }
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      width = 4;
-      // F0 needs 90..BF (no overlong); F4 needs 80..8F (<= U+10FFFF).
-      if (i + 1 < text.size() && ((c == 0xf0 && byte(i + 1) < 0x90) || (c == 0xf4 && byte(i + 1) > 0x8f))) {
-        return std::nullopt;
-      }
-    } else {
-      return std::nullopt;  // C0, C1, F5..FF, or a stray continuation byte
-    }
-    for (std::size_t k = 1; k < width; ++k) {
-      if (!continuation(i + k)) return std::nullopt;
-    }
-    i += width;
-    ++count;
-  }
-  return count;
-}
-
-// Keeps error messages publishable: a parser message may quote the bytes it choked on, and those
-// may not be UTF-8. Invalid bytes become "\xNN".
-std::string printable(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size();) {
-    const auto rest = text.substr(i);
-    std::size_t width = 1;
-    const auto c = static_cast<unsigned char>(rest[0]);
-    if (c >= 0x80) width = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-    if (c < 0x80 || (width <= rest.size() && utf8_length(rest.substr(0, width)) == 1)) {
-      out.append(rest.substr(0, std::min(width, rest.size())));
-      i += width;
-    } else {
-      out += fmt::format("\\x{:02x}", c);
-      i += 1;
-    }
-  }
-  return out;
-}
-
-// Builds the DOM like nlohmann's own SAX DOM parser, and refuses what cannot be handled safely:
-// nesting deeper than kMaxDepth (serialization recurses once per level; a 1 MiB value of "[[[[..."
-// would overflow the stack) and integers beyond 64 bits (parsed as doubles, they would lose digits
-// and two different values would share a fingerprint).
-constexpr std::size_t kMaxDepth = 64;
-
-class BoundedDomParser {
- public:
-  explicit BoundedDomParser(json& root) : dom_(root, /*allow_exceptions=*/false) {}
-
-  bool null() { return dom_.null(); }
-  bool boolean(bool value) { return dom_.boolean(value); }
-  bool number_integer(json::number_integer_t value) { return dom_.number_integer(value); }
-  bool number_unsigned(json::number_unsigned_t value) { return dom_.number_unsigned(value); }
-  bool number_float(json::number_float_t value, const json::string_t& text) {
-    if (text.find_first_of(".eE") == json::string_t::npos) {
-      return refuse("integer " + text + " does not fit in 64 bits");
-    }
-    return dom_.number_float(value, text);
-  }
-  bool string(json::string_t& value) { return dom_.string(value); }
-  bool binary(json::binary_t& value) { return dom_.binary(value); }
-  bool start_object(std::size_t elements) { return deeper() && dom_.start_object(elements); }
-  bool key(json::string_t& value) { return dom_.key(value); }
-  bool end_object() { --depth_; return dom_.end_object(); }
-  bool start_array(std::size_t elements) { return deeper() && dom_.start_array(elements); }
-  bool end_array() { --depth_; return dom_.end_array(); }
-  bool parse_error(std::size_t position, const std::string& /*last_token*/,
-                   const nlohmann::detail::exception& error) {
-    // The message quotes the offending bytes; keep only what is safe to publish.
-    return refuse(fmt::format("{} (at byte {})", printable(error.what()), position));
-  }
-
-  const std::optional<std::string>& problem() const { return problem_; }
-
- private:
-  bool deeper() {
-    if (++depth_ > kMaxDepth) return refuse(fmt::format("nesting is deeper than {} levels", kMaxDepth));
-    return true;
-  }
-  bool refuse(std::string problem) {
-    if (!problem_) problem_ = std::move(problem);
-    return false;
-  }
-
-  nlohmann::detail::json_sax_dom_parser<json> dom_;
-  std::size_t depth_ = 0;
-  std::optional<std::string> problem_;
-};
 
 // SPEC §1: 1–255 characters. We also refuse control characters and surrounding whitespace: a
 // scope is an identifier of a tenant, and "org-1" and "org-1 " must not be two tenants by accident.
@@ -194,10 +114,20 @@ std::variant<std::optional<std::string>, Rejection> read_field(const json& body,
       return *bad;
     }
   }
+  // A header may be repeated, and clients disagree on which one counts (some read the first,
+  // others the last): repeats must agree, like body and header.
   std::optional<std::string> from_header;
-  if (const auto* header = record.find_header(source.header); header && header->value) {
-    from_header = *header->value;
-    if (auto bad = source.check(*from_header, Where{"header", source.header})) return *bad;
+  for (const auto& header : record.headers) {
+    if (header.name != source.header || !header.value) continue;
+    if (from_header && *from_header != *header.value) {
+      return reject(source.mismatch_code,
+                    fmt::format("header '{}' appears more than once, with different values",
+                                source.header));
+    }
+    if (!from_header) {
+      if (auto bad = source.check(*header.value, Where{"header", source.header})) return *bad;
+      from_header = *header.value;
+    }
   }
   if (from_body && from_header && *from_body != *from_header) {
     return reject(source.mismatch_code,
@@ -258,13 +188,11 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
                        fmt::format("record value is {} bytes (at most {})", record.value->size(),
                                    options.max_message_bytes)));
   }
-  json body;
-  BoundedDomParser parser(body);
-  if (!json::sax_parse(*record.value, &parser, json::input_format_t::json, /*strict=*/true) ||
-      parser.problem()) {
-    return fail(reject(RejectCode::invalid_json,
-                       "value is not valid JSON: " + parser.problem().value_or("parse error")));
+  auto parsed = parse_json(*record.value);
+  if (auto* problem = std::get_if<std::string>(&parsed)) {
+    return fail(reject(RejectCode::invalid_json, "value is not valid JSON: " + *problem));
   }
+  json& body = std::get<json>(parsed);
   if (!body.is_object()) {
     return fail(reject(RejectCode::not_an_object,
                        fmt::format("value must be a JSON object, got {}", body.type_name())));
@@ -318,6 +246,11 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
                            ? std::string("body field 'payload' is missing")
                            : fmt::format("body field 'payload' must be a JSON object, got {}",
                                          payload_it->type_name())));
+  }
+  if (auto field = find_nul(*payload_it, "")) {
+    return fail(reject(RejectCode::invalid_payload,
+                       fmt::format("payload field '{}' contains U+0000, which Postgres cannot store",
+                                   printable(*field))));
   }
   if (type->table) {
     // Payload field names become column names: only plain identifiers, and at least one.

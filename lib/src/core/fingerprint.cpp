@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dedup/errors.hpp"
+#include "dedup/json_text.hpp"
 
 namespace dedup {
 namespace {
@@ -28,10 +29,9 @@ EVP_MD_CTX* thread_context() {
 }  // namespace
 
 std::string canonical_json(const nlohmann::json& value) {
-  // nlohmann::json stores objects in a std::map, so dump() already writes keys in bytewise order
-  // at every depth, without whitespace. Strings are emitted as UTF-8 with only the mandatory
-  // escapes; numbers as integers, or doubles in their shortest round-trip form.
-  return value.dump();
+  // write_json already is canonical: keys in bytewise order at every depth (nlohmann's objects
+  // are ordered maps), no whitespace, only the mandatory escapes, numbers as written.
+  return to_json_text(value);
 }
 
 Fingerprint sha256(std::string_view bytes) {
@@ -58,7 +58,7 @@ Fingerprint command_fingerprint_of_canonical(std::string_view type,
   std::string canonical = R"({"payload":)";
   canonical += canonical_payload;
   canonical += R"(,"type":)";
-  canonical += nlohmann::json(type).dump();
+  write_json_string(canonical, type);
   canonical += '}';
   return sha256(canonical);
 }

@@ -1,4 +1,5 @@
 #include "dedup/logging.hpp"
+#include "dedup/json_text.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/pattern_formatter.h>
@@ -83,7 +84,11 @@ json result_fields(const CommandResult& result) {
   if (result.scope) fields["scope"] = *result.scope;
   if (result.idempotency_key) fields["key"] = *result.idempotency_key;
   if (result.type) fields["type"] = *result.type;
-  if (result.entity.is_object() && result.entity.contains("id")) fields["entity_id"] = result.entity["id"];
+  if (result.entity.is_object() && result.entity.contains("id")) {
+    const auto& id = result.entity["id"];
+    // An id that is not a 64-bit integer (numeric, text) is logged as its exact text.
+    fields["entity_id"] = is_exact_number(id) ? json(std::string(exact_number_text(id))) : id;
+  }
   return fields;
 }
 

@@ -43,9 +43,30 @@ json CommandResult::to_json() const {
   };
 }
 
+namespace {
+// '%' and '/' percent-encoded, so that '/' separates scope from key unambiguously: ("a/b", "c")
+// and ("a", "b/c") must not share a record key on a compacted results topic.
+void append_key_part(std::string& out, std::string_view part) {
+  for (const char c : part) {
+    if (c == '%') {
+      out += "%25";
+    } else if (c == '/') {
+      out += "%2F";
+    } else {
+      out += c;
+    }
+  }
+}
+}  // namespace
+
 std::optional<std::string> CommandResult::record_key() const {
   if (!scope || !idempotency_key) return std::nullopt;
-  return *scope + "/" + *idempotency_key;
+  std::string key;
+  key.reserve(scope->size() + idempotency_key->size() + 1);
+  append_key_part(key, *scope);
+  key += '/';
+  append_key_part(key, *idempotency_key);
+  return key;
 }
 
 CommandResult make_rejected_result(const RejectedCommand& rejected, Timestamp now) {

@@ -138,7 +138,7 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
     } else {
       rd_kafka_assign(rk, partitions);
     }
-    assigned_.insert(changed.begin(), changed.end());
+    for (const TopicPartition& tp : changed) assigned_[tp] = ++assignments_made_;
     // A partition assigned during a database outage must not start delivering records that the
     // worker cannot take yet.
     if (paused_ && partitions->cnt > 0) rd_kafka_pause_partitions(rk, partitions);
@@ -153,8 +153,9 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
       observer_.on_kafka_error(rd_kafka_err2name(err));
     }
     std::set<TopicPartition> gone = changed;
-    if (!incremental) gone.insert(assigned_.begin(), assigned_.end());  // eager: everything goes
-    revoked_.insert(gone.begin(), gone.end());
+    if (!incremental) {  // eager: everything goes
+      for (const auto& entry : assigned_) gone.insert(entry.first);
+    }
     forget(gone);
     if (incremental) {
       ErrorPtr error(rd_kafka_incremental_unassign(rk, partitions));
@@ -184,7 +185,12 @@ bool Consumer::poll_one(std::chrono::milliseconds timeout) {
   MessagePtr message(rd_kafka_consumer_poll(handle_.get(), static_cast<int>(timeout.count())));
   if (!message) return false;
   if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-    stash_.push_back(to_inbound_record(message.get()));
+    InboundRecord record = to_inbound_record(message.get());
+    const auto owner = assigned_.find({record.source.topic, record.source.partition});
+    // A message of a partition that is not assigned (librdkafka discards those; belt and braces)
+    // keeps assignment 0, which drop_unowned removes.
+    if (owner != assigned_.end()) record.assignment = owner->second;
+    stash_.push_back(std::move(record));
     return true;
   }
   if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return false;
@@ -269,7 +275,12 @@ void Consumer::resume_all() noexcept {
   if (list->cnt > 0) rd_kafka_resume_partitions(handle_.get(), list.get());
 }
 
-std::set<TopicPartition> Consumer::take_revoked() { return std::exchange(revoked_, {}); }
+std::size_t Consumer::drop_unowned(std::vector<InboundRecord>& records) const {
+  return std::erase_if(records, [&](const InboundRecord& r) {
+    const auto owner = assigned_.find({r.source.topic, r.source.partition});
+    return owner == assigned_.end() || owner->second != r.assignment;
+  });
+}
 
 void Consumer::report_lag() noexcept {
   try {

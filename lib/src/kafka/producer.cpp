@@ -42,38 +42,27 @@ void add_header(rd_kafka_headers_t* headers, std::string_view name,
 // The reports of one send_batch. Heap-allocated so that in the impossible case where reports
 // never arrive it can be leaked rather than left dangling under librdkafka's feet.
 struct Producer::Delivery {
+  // Each message's opaque points at its slot, which knows its batch and its index.
+  struct Slot {
+    Delivery* delivery;
+    std::size_t index;
+  };
+  std::vector<Slot> slots;
   std::size_t pending = 0;
   std::size_t delivered = 0;
   std::size_t failed = 0;
   std::string first_error;
+  std::vector<std::size_t> too_large;
+
+  void fail(std::size_t index, rd_kafka_resp_err_t err, std::string_view topic) {
+    ++failed;
+    if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) too_large.push_back(index);
+    if (first_error.empty()) {
+      first_error = std::string(rd_kafka_err2name(err)) + ": " + rd_kafka_err2str(err) +
+                    " (topic " + std::string(topic) + ")";
+    }
+  }
 };
-
-OutboundRecord make_result_record(const CommandResult& result, const std::string& results_topic) {
-  OutboundRecord out;
-  out.topic = results_topic;
-  out.key = result.record_key();
-  // Invalid UTF-8 (e.g. echoed from a bad input record into an error message) is replaced rather
-  // than thrown on: a result that cannot be serialized would block the partition forever.
-  out.value = result.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return out;
-}
-
-OutboundRecord make_dead_letter(const InboundRecord& record, const Rejection& rejection,
-                                const std::string& dlq_topic) {
-  OutboundRecord out;
-  out.topic = dlq_topic;
-  out.key = record.key;
-  out.value = record.value;
-  out.headers = record.headers;
-  out.headers.push_back({std::string(kDlqErrorCodeHeader), std::string(to_string(rejection.code))});
-  out.headers.push_back({std::string(kDlqErrorMessageHeader), rejection.message});
-  out.headers.push_back({std::string(kDlqSourceTopicHeader), record.source.topic});
-  out.headers.push_back(
-      {std::string(kDlqSourcePartitionHeader), std::to_string(record.source.partition)});
-  out.headers.push_back(
-      {std::string(kDlqSourceOffsetHeader), std::to_string(record.source.offset)});
-  return out;
-}
 
 Producer::Producer(const ProducerOptions& options, Observer& observer) : observer_(observer) {
   const KafkaSettings defaults{
@@ -107,20 +96,16 @@ Producer::~Producer() {
 }
 
 void Producer::on_delivery(rd_kafka_t* /*rk*/, const rd_kafka_message_t* message, void* self) {
-  auto* delivery = static_cast<Delivery*>(message->_private);
-  if (delivery == nullptr) return;
+  const auto* slot = static_cast<const Delivery::Slot*>(message->_private);
+  if (slot == nullptr) return;
+  Delivery* delivery = slot->delivery;
   --delivery->pending;
   if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
     ++delivery->delivered;
     return;
   }
-  ++delivery->failed;
-  if (delivery->first_error.empty()) {
-    // Not rd_kafka_message_errstr: on a delivery report the payload is the record, not a reason.
-    delivery->first_error = std::string(rd_kafka_err2name(message->err)) + ": " +
-                            rd_kafka_err2str(message->err) + " (topic " +
-                            rd_kafka_topic_name(message->rkt) + ")";
-  }
+  // Not rd_kafka_message_errstr: on a delivery report the payload is the record, not a reason.
+  delivery->fail(slot->index, message->err, rd_kafka_topic_name(message->rkt));
   static_cast<Producer*>(self)->observer_.on_kafka_error(rd_kafka_err2name(message->err));
 }
 
@@ -128,9 +113,12 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
                                    std::chrono::steady_clock::time_point deadline) {
   throw_if_fatal();
   auto delivery = std::make_unique<Delivery>();
+  delivery->slots.reserve(records.size());  // never reallocated: messages point into it
+  for (std::size_t i = 0; i < records.size(); ++i) delivery->slots.push_back({delivery.get(), i});
   rd_kafka_t* rk = handle_.get();
 
-  for (const OutboundRecord& record : records) {
+  for (std::size_t index = 0; index < records.size(); ++index) {
+    const OutboundRecord& record = records[index];
     HeadersPtr headers;
     if (!record.headers.empty()) {
       headers.reset(rd_kafka_headers_new(record.headers.size()));
@@ -144,9 +132,11 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
       void* value = record.value ? const_cast<char*>(record.value->data()) : nullptr;  // F_COPY
       const std::size_t value_size = record.value ? record.value->size() : 0;
       const rd_kafka_resp_err_t err = rd_kafka_producev(
-          rk, RD_KAFKA_V_TOPIC(record.topic.c_str()), RD_KAFKA_V_KEY(key, key_size),
+          rk, RD_KAFKA_V_TOPIC(record.topic.c_str()),
+          RD_KAFKA_V_PARTITION(record.partition < 0 ? RD_KAFKA_PARTITION_UA : record.partition),
+          RD_KAFKA_V_KEY(key, key_size),
           RD_KAFKA_V_VALUE(value, value_size), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-          RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_OPAQUE(delivery.get()), RD_KAFKA_V_END);
+          RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_OPAQUE(&delivery->slots[index]), RD_KAFKA_V_END);
       if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         (void)headers.release();  // owned by the message now
         ++delivery->pending;
@@ -157,11 +147,7 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
         continue;
       }
       // Refused before queueing (too large, unknown topic, fatal): no report will come.
-      ++delivery->failed;
-      if (delivery->first_error.empty()) {
-        delivery->first_error = std::string(rd_kafka_err2name(err)) + ": " + rd_kafka_err2str(err) +
-                                " (topic " + record.topic + ")";
-      }
+      delivery->fail(index, err, record.topic);
       observer_.on_kafka_error(rd_kafka_err2name(err));
       break;
     }
@@ -182,14 +168,25 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
                        delivery->pending);
       delivery->failed += delivery->pending;
       (void)delivery.release();  // a late report must find live memory
-      return {0, records.size(), "delivery reports missing after purge"};
+      return {0, records.size(), "delivery reports missing after purge", {}};
     }
     // flush (not poll) so that linger.ms is skipped: the batch is complete, send it now.
     rd_kafka_flush(rk, static_cast<int>(kPollSlice.count()));
   }
 
   throw_if_fatal();  // a fatal error fails every message; say why, not "N failed"
-  return {delivery->delivered, delivery->failed, delivery->first_error};
+  return {delivery->delivered, delivery->failed, delivery->first_error,
+          std::move(delivery->too_large)};
+}
+
+std::size_t Producer::max_message_bytes() const {
+  char value[32];
+  std::size_t size = sizeof value;
+  if (rd_kafka_conf_get(rd_kafka_conf(handle_.get()), config_key::kMessageMaxBytes, value, &size) !=
+      RD_KAFKA_CONF_OK) {
+    throw KafkaError("cannot read message.max.bytes", RD_KAFKA_RESP_ERR__INVALID_ARG);
+  }
+  return std::stoul(value);
 }
 
 void Producer::poll() noexcept { rd_kafka_poll(handle_.get(), 0); }

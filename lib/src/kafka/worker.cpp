@@ -41,17 +41,9 @@ double end_to_end_seconds(const InboundRecord& record) {
   return static_cast<double>(now_ms - *record.timestamp_ms) / 1000.0;
 }
 
-void drop_revoked(const std::set<kafka::TopicPartition>& revoked,
-                  std::vector<InboundRecord>& batch) {
-  if (revoked.empty()) return;
-  const auto dropped = std::erase_if(batch, [&](const InboundRecord& r) {
-    return revoked.contains({r.source.topic, r.source.partition});
-  });
-  if (dropped > 0) {
-    spdlog::info("dropped {} in-flight record(s) of revoked partitions; their new owner reads them",
-                 dropped);
-  }
-}
+// librdkafka checks key + value + headers plus its framing against message.max.bytes; this much
+// is left for the framing (a few dozen bytes per record and header).
+constexpr std::size_t kFramingAllowance = 4096;
 
 }  // namespace
 
@@ -137,7 +129,7 @@ int Worker::run() {
       producer_->poll();
       std::vector<InboundRecord> batch = consumer_->poll_batch(
           options_.max_batch_records, options_.max_batch_bytes, options_.max_batch_wait);
-      drop_revoked(consumer_->take_revoked(), batch);
+      drop_unowned(batch);
       if (batch.empty()) continue;
       if (handle_batch(batch) == BatchOutcome::abandoned) break;
     }
@@ -193,25 +185,16 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
     }
     failpoint("after_db_commit");
 
-    std::vector<kafka::OutboundRecord> outbound;
-    outbound.reserve(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      outbound.push_back(kafka::make_result_record(results[i], options_.results_topic));
-      if (results[i].rejection) {
-        outbound.push_back(
-            kafka::make_dead_letter(batch[i], *results[i].rejection, options_.dlq_topic));
-      }
-    }
     note_stop();
     const auto deadline = drain_deadline_ != SteadyClock::time_point{}
                               ? drain_deadline_
                               : SteadyClock::time_point::max();
-    const kafka::BatchDelivery delivery = producer_->send_batch(outbound, deadline);
+    const kafka::BatchDelivery delivery = publish(batch, results, deadline);
     if (!delivery.ok()) {
       // Nothing is committed; the batch is processed again, and the store replays the same
       // results for the same source positions, so republishing is harmless.
       spdlog::warn("publishing failed for {} of {} record(s) (attempt {}): {}", delivery.failed,
-                   outbound.size(), attempt + 1, delivery.first_error);
+                   delivery.delivered + delivery.failed, attempt + 1, delivery.first_error);
       if (!consumer_->paused()) consumer_->pause_all();
       back_off(attempt, batch);
       continue;
@@ -223,6 +206,10 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
     }
     failpoint("before_offset_commit");
 
+    // No callback ran since the batch was last checked (callbacks run only while polling), so
+    // every record is still ours; checked anyway, since committing for a partition read under
+    // an earlier assignment is the one thing that can lose records.
+    drop_unowned(batch);
     const kafka::CommitOutcome commit = consumer_->commit(kafka::next_offsets(batch));
     if (!commit.ok) {
       // The results are out; the records will be read again and their results replayed. A later
@@ -248,7 +235,60 @@ void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
     producer_->poll();
     maybe_report_lag();  // lag grows during an outage: that is exactly when it must be seen
   }
-  drop_revoked(consumer_->take_revoked(), batch);
+  drop_unowned(batch);
+}
+
+void Worker::drop_unowned(std::vector<InboundRecord>& batch) {
+  if (const auto dropped = consumer_->drop_unowned(batch); dropped > 0) {
+    spdlog::info("dropped {} in-flight record(s) of revoked partitions; they are read again from "
+                 "the committed offset by the partition's owner",
+                 dropped);
+  }
+}
+
+kafka::BatchDelivery Worker::publish(const std::vector<InboundRecord>& batch,
+                                     const std::vector<CommandResult>& results,
+                                     SteadyClock::time_point deadline) {
+  // Which record each outbound record answers, so that one refused as too large can be written
+  // again cut down.
+  struct Origin {
+    std::size_t record;
+    bool dead_letter;
+  };
+  const std::size_t max_bytes = producer_->max_message_bytes() > kFramingAllowance
+                                    ? producer_->max_message_bytes() - kFramingAllowance
+                                    : producer_->max_message_bytes();
+  auto build = [&](const Origin& origin, bool compact) {
+    const OutputLimit limit{max_bytes, compact};
+    const CommandResult& result = results[origin.record];
+    return origin.dead_letter
+               ? make_dead_letter(batch[origin.record], *result.rejection, options_.dlq_topic, limit)
+               : make_result_record(result, options_.results_topic, limit);
+  };
+  std::vector<OutboundRecord> outbound;
+  std::vector<Origin> origins;
+  outbound.reserve(batch.size());
+  origins.reserve(batch.size());
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    origins.push_back({i, false});
+    if (results[i].rejection) origins.push_back({i, true});
+  }
+  for (const Origin& origin : origins) outbound.push_back(build(origin, /*compact=*/false));
+
+  kafka::BatchDelivery delivery = producer_->send_batch(outbound, deadline);
+  if (delivery.ok() || delivery.too_large.size() != delivery.failed) return delivery;
+  // Every failure was a record too large for the broker (its topic's max.message.bytes is below
+  // the producer's limit): a property of those records, so they go out cut down, now, instead of
+  // failing the batch forever. The cut-down form of a record is always the same, so a replay
+  // after a crash publishes the same thing.
+  std::vector<OutboundRecord> compacted;
+  for (const auto index : delivery.too_large) compacted.push_back(build(origins[index], true));
+  spdlog::warn("{} record(s) refused by Kafka as too large; writing them cut down "
+               "(docs/contract.md §2-3)",
+               compacted.size());
+  kafka::BatchDelivery retry = producer_->send_batch(compacted, deadline);
+  retry.delivered += delivery.delivered;
+  return retry;
 }
 
 void Worker::warn_about_missing_topics() {

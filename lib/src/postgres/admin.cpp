@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "dedup/postgres.hpp"
+#include "dedup/json_text.hpp"
 #include "internal.hpp"
 
 namespace dedup {
@@ -53,7 +54,11 @@ std::optional<nlohmann::json> inspect_key(const std::string& conninfo, const std
       FROM {schema}.idempotency_keys WHERE scope = $1 AND idempotency_key = $2)SQL", schema),
                                       scope, key);
     if (rows.empty()) return std::nullopt;
-    return nlohmann::json::parse(rows[0][0].c_str());
+    auto parsed = parse_json(rows[0][0].c_str(), JsonParseLimits{.max_depth = 4096});
+    if (auto* problem = std::get_if<std::string>(&parsed)) {
+      throw PermanentDatabaseError("inspect: stored row is not readable JSON: " + *problem, "");
+    }
+    return std::move(std::get<nlohmann::json>(parsed));
   } catch (...) {
     pg::rethrow_classified("inspect");
   }

@@ -13,17 +13,22 @@
 
 namespace dedup::pg {
 
-enum class FailureKind { transient, permanent };
+// Who is at fault when Postgres raises an error (docs/design.md, "Errors by SQLSTATE"):
+//   transient      the infrastructure, for now (connection, deadlock, serialization, timeouts,
+//                  shutdown, resources): the batch is retried, nothing is stored;
+//   record         the record being written (its values, its size, a constraint, a trigger that
+//                  refuses it): once isolated to one record, a final outcome of that record;
+//   configuration  the deployment (a missing table or function, no privilege, a corrupt index,
+//                  the worker's own misuse of a transaction): the worker stops, nothing is lost.
+enum class FailureKind { transient, record, configuration };
 
-// SQLSTATE classes, as libpqxx's exception hierarchy draws them: connection exceptions (08),
-// transaction rollbacks (40: serialization failure, deadlock), insufficient resources (53),
-// lock_not_available (55P03), query_canceled (57014: statement/lock timeout), operator
-// intervention (57P01-57P05: admin shutdown, crash shutdown, cannot connect now) are transient.
-// Everything else is permanent.
+// Classifies by SQLSTATE class, exhaustively (unknown classes, e.g. codes a user's trigger
+// raises, count as the record's). No SQLSTATE at all means the connection was lost: transient.
 FailureKind classify_sqlstate(std::string_view sqlstate) noexcept;
 
 // Rethrows the exception in flight (must be called from a catch block) as TransientDatabaseError
-// or PermanentDatabaseError, keeping the message and SQLSTATE. pqxx::broken_connection and
+// or PermanentDatabaseError (record and configuration faults: the caller tells them apart with
+// classify_sqlstate(e.sqlstate())), keeping the message and SQLSTATE. pqxx::broken_connection and
 // pqxx::in_doubt_error are transient: a batch whose commit is in doubt is safe to retry, because a
 // record that already claimed its key gets its stored result back (docs/design.md).
 [[noreturn]] void rethrow_classified(std::string_view context);

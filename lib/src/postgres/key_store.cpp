@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "dedup/json_text.hpp"
 #include "dedup/observer.hpp"
 #include "dedup/postgres.hpp"
 #include "internal.hpp"
@@ -38,6 +39,8 @@ using json = nlohmann::json;
 
 constexpr int kMaxRounds = 16;
 
+json parse_stored_json(const char* text);
+
 // Statement names (prepared once per connection).
 constexpr const char* kClaim = "dedup_claim";
 constexpr const char* kLookup = "dedup_lookup";
@@ -45,6 +48,7 @@ constexpr const char* kReclaim = "dedup_reclaim";
 constexpr const char* kStoreResults = "dedup_store_results";
 constexpr const char* kForget = "dedup_forget";
 constexpr const char* kWriteEach = "dedup_write_each";
+constexpr const char* kWriteOne = "dedup_write_one";
 
 // The claim, lookup and fast-path statements return key rows in one layout: claimed, scope, key,
 // cross_scope, then, for a row that exists, command_type, fingerprint (hex), status, result,
@@ -137,6 +141,9 @@ WHERE k.scope = x.s AND k.idempotency_key = x.k)SQL";
 constexpr const char* kWriteEachSql = R"SQL(
 SELECT e.ord, {schema}.write_entity($2, e.payload)::text
 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(payload, ord))SQL";
+
+// $1: one payload, $2: its statement.
+constexpr const char* kWriteOneSql = R"SQL(SELECT {schema}.write_entity($2, $1::jsonb)::text)SQL";
 
 std::string key_id(const Command& command) {
   std::string id;
@@ -255,7 +262,7 @@ StoredKey stored_key_from_row(const pqxx::row& row) {
   stored.command_type = row[4].c_str();
   stored.fingerprint = fingerprint_from_hex(row[5].c_str());
   stored.status = status == "created" ? Status::created : Status::conflict;
-  const auto result = json::parse(row[7].c_str());
+  const auto result = parse_stored_json(row[7].c_str());
   stored.entity = result.value("entity", json());
   stored.error = result.value("error", json());
   stored.first_processed_at = Timestamp(std::chrono::microseconds(row[8].as<std::int64_t>()));
@@ -297,10 +304,107 @@ constexpr std::string_view kFastPathRefusedState = "DD001";
 // racing workers, a type that keeps conflicting), and each one costs a rolled-back statement.
 constexpr int kFastPathCooldownBatches = 8;
 
-bool is_payload_refusal(const std::string& sqlstate) {
-  // Integrity constraint violations (23), data exceptions (22), undefined column (42703): caused
-  // by this batch's data, so the group is retried row by row to find the culprits.
-  return sqlstate.rfind("23", 0) == 0 || sqlstate.rfind("22", 0) == 0 || sqlstate == "42703";
+// Postgres refused a statement because of the values it wrote (pg::classify_sqlstate): the
+// statement is redone in a way that finds the command at fault.
+bool is_record_fault(const std::string& sqlstate) {
+  return pg::classify_sqlstate(sqlstate) == pg::FailureKind::record;
+}
+
+// JSON that Postgres produced (to_jsonb of an entity row, a stored result): numbers kept exactly.
+// Postgres's own nesting limit is far deeper than any payload's (64 levels), so this is generous.
+json parse_stored_json(const char* text) {
+  auto parsed = parse_json(text, JsonParseLimits{.max_depth = 4096});
+  if (auto* problem = std::get_if<std::string>(&parsed)) {
+    throw PermanentDatabaseError("Postgres returned JSON that cannot be read: " + *problem, "");
+  }
+  return std::move(std::get<json>(parsed));
+}
+
+// A JSON array of already-serialized JSON values (canonical payloads).
+template <typename Range, typename Text>
+std::string json_array_of(const Range& range, Text text) {
+  std::string out = "[";
+  for (const auto& element : range) {
+    if (out.size() > 1) out += ',';
+    out += text(element);
+  }
+  return out + ']';
+}
+
+// A savepoint, rolled back unless released. (pqxx::subtransaction is no help here: libpqxx 6.4
+// does not start it for prepared statements, so a failed one leaves the transaction aborted.)
+class Savepoint {
+ public:
+  Savepoint(pqxx::transaction_base& txn, const char* name) : txn_(txn), name_(name) {
+    txn_.exec0(std::string("SAVEPOINT ") + name_);
+  }
+  void release() {
+    txn_.exec0(std::string("RELEASE SAVEPOINT ") + name_);
+    released_ = true;
+  }
+  ~Savepoint() {
+    if (released_) return;
+    try {
+      txn_.exec0(std::string("ROLLBACK TO SAVEPOINT ") + name_);
+      txn_.exec0(std::string("RELEASE SAVEPOINT ") + name_);
+    } catch (...) {
+      // The connection is gone: the whole transaction is lost anyway, and the caller's error
+      // (the one being handled) says why.
+    }
+  }
+  Savepoint(const Savepoint&) = delete;
+  Savepoint& operator=(const Savepoint&) = delete;
+
+ private:
+  pqxx::transaction_base& txn_;
+  const char* name_;
+  bool released_ = false;
+};
+
+// How one write_entity() call ended, as the function reports it (migration 3).
+EntityOutcome outcome_of_answer(const json& answer) {
+  EntityOutcome outcome;
+  if (answer.at("ok").get<bool>()) {
+    outcome.entity = answer.at("entity");
+    return outcome;
+  }
+  const auto& state = answer.at("sqlstate").get_ref<const std::string&>();
+  const auto message = truncate_utf8(answer.at("message").get<std::string>(),
+                                     kMaxRejectionMessageBytes);
+  if (state.rfind("23", 0) == 0) {
+    outcome.kind = EntityOutcome::Kind::conflict;
+    outcome.error = json{{"code", "conflict"},
+                         {"message", message},
+                         {"constraint", answer.at("constraint")},
+                         {"sqlstate", state}};
+    return outcome;
+  }
+  switch (pg::classify_sqlstate(state)) {
+    case pg::FailureKind::transient:
+      throw TransientDatabaseError("writing an entity: " + message, state);
+    case pg::FailureKind::configuration:
+      throw PermanentDatabaseError("writing an entity: " + message + " (SQLSTATE " + state + ")",
+                                   state);
+    case pg::FailureKind::record:
+      break;
+  }
+  outcome.kind = EntityOutcome::Kind::invalid;
+  outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})", message, state);
+  return outcome;
+}
+
+// The result of a command whose payload Postgres refused: rejected, nothing stored.
+CommandResult rejected_by_postgres(const Command& command, const EntityOutcome& outcome,
+                                   Timestamp now) {
+  RejectedCommand rejected{.source = command.source,
+                           .rejection = {RejectCode::invalid_payload, outcome.reason},
+                           .scope = command.scope,
+                           .idempotency_key = command.idempotency_key,
+                           .type = command.type->name,
+                           .missing_key = command.natural_key};
+  auto result = make_rejected_result(rejected, now);
+  result.natural_key = command.natural_key;
+  return result;
 }
 
 }  // namespace
@@ -331,6 +435,7 @@ struct PostgresKeyStore::Impl {
     fresh->prepare(kStoreResults, statement_sql(kStoreResultsSql, schema));
     fresh->prepare(kForget, statement_sql(kForgetSql, schema));
     fresh->prepare(kWriteEach, statement_sql(kWriteEachSql, schema));
+    fresh->prepare(kWriteOne, statement_sql(kWriteOneSql, schema));
     connection = std::move(fresh);
     return *connection;
   }
@@ -362,15 +467,34 @@ struct PostgresKeyStore::Impl {
                      std::unordered_set<std::string>& cross_scope, const std::string& now_text,
                      const std::string& expires_text, Timestamp now);
 
+  // One atomic attempt at the batch, redone on refusals and transient failures (bounded).
+  std::vector<CommandResult> apply_with_retries(std::span<const Command> commands, Timestamp now);
+
   // `fast`: settle the batch with the fast path's single statement, in a pqxx::nontransaction
   // (apply() checked fast_path_applies); otherwise the claim-first protocol, in a pqxx::work.
   std::vector<CommandResult> run(pqxx::transaction_base& txn, std::span<const Command> commands,
                                  Timestamp now, bool fast);
-  std::vector<EntityOutcome> write_entities(pqxx::transaction_base& txn, std::span<const Command> commands,
+  // The INSERT statements for commands[indices]: one group per type and column set.
+  std::vector<EntityGroup> plan_groups(std::span<const Command> commands,
+                                       const std::vector<std::size_t>& indices) const;
+  // Writes the entities of the claimed commands and, in bulk, their results; a group whose bulk
+  // statement Postgres refuses throws BulkRefused (the caller redoes it row by row).
+  std::vector<EntityOutcome> write_entities(pqxx::dbtransaction& txn,
+                                            std::span<const Command> commands,
                                             const std::vector<std::size_t>& claimed);
-  void write_group_per_row(pqxx::transaction_base& txn, std::span<const Command> commands,
+  // Writes a group command by command, each in its own subtransaction, so that a command's
+  // refusal (a record fault) is its own outcome and the others are written.
+  void write_group_per_row(pqxx::dbtransaction& txn, std::span<const Command> commands,
                            const EntityGroup& group, std::vector<EntityOutcome>& outcomes,
                            const std::unordered_map<std::size_t, std::size_t>& slot_of);
+  std::vector<EntityOutcome> write_per_row(pqxx::dbtransaction& txn,
+                                           std::span<const Command> commands,
+                                           const std::vector<std::size_t>& indices);
+  // A `key_reused` command whose payload Postgres refuses is `rejected` instead, as it is when
+  // its key is free: so a record's result does not depend on whether another record claimed its
+  // key meanwhile (it stays the same when the record is read again after a crash).
+  void reject_refused_reuses(std::span<const Command> commands,
+                             std::vector<CommandResult>& results, Timestamp now);
 
   void backoff(int attempt) {
     // Deadlocks and serialization failures clear up fastest when the losers do not come back in
@@ -401,12 +525,27 @@ void PostgresKeyStore::Impl::check_schema_and_tables() {
                                         ? "run `dedup-worker migrate`"
                                         : "the schema is newer than this worker; upgrade it"));
     }
+    // Privileges are checked here because at run time their absence is not a record's fault:
+    // without them every batch would fail (docs/design.md, "Errors by SQLSTATE").
+    const auto keys_table = pg::with_schema("{schema}.idempotency_keys", options.schema);
+    for (const char* privilege : {"SELECT", "INSERT", "UPDATE", "DELETE"}) {
+      if (!txn.exec_params("SELECT has_table_privilege($1, $2)", keys_table, privilege)[0][0]
+               .as<bool>()) {
+        throw ConfigError("--db", fmt::format("the database role may not {} {}", privilege,
+                                              keys_table));
+      }
+    }
     for (const auto& type : catalog.types()) {
       if (type.table) {
+        const auto field = "commands." + type.name + ".table";
         if (txn.exec_params("SELECT to_regclass($1) IS NULL", type.table->quoted())[0][0].as<bool>()) {
-          throw ConfigError("commands." + type.name + ".table",
-                            fmt::format("table {}.{} does not exist", type.table->schema,
-                                        type.table->name));
+          throw ConfigError(field, fmt::format("table {}.{} does not exist", type.table->schema,
+                                               type.table->name));
+        }
+        if (!txn.exec_params("SELECT has_table_privilege($1, 'INSERT')", type.table->quoted())[0][0]
+                 .as<bool>()) {
+          throw ConfigError(field, fmt::format("the database role may not INSERT into {}.{}",
+                                               type.table->schema, type.table->name));
         }
       }
     }
@@ -424,7 +563,7 @@ void PostgresKeyStore::Impl::check_schema_and_tables() {
       txn.exec("PREPARE dedup_config_check(jsonb) AS " + type.sql);
       txn.exec("DEALLOCATE dedup_config_check");
     } catch (const pqxx::sql_error& e) {
-      if (pg::classify_sqlstate(e.sqlstate()) == pg::FailureKind::permanent) {
+      if (pg::classify_sqlstate(e.sqlstate()) != pg::FailureKind::transient) {
         throw ConfigError("commands." + type.name + ".sql",
                           fmt::format("Postgres refuses the statement: {}", e.what()));
       }
@@ -435,15 +574,12 @@ void PostgresKeyStore::Impl::check_schema_and_tables() {
   }
 }
 
-std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
-    pqxx::transaction_base& txn, std::span<const Command> commands, const std::vector<std::size_t>& claimed) {
-  std::vector<EntityOutcome> outcomes(claimed.size());
-  std::unordered_map<std::size_t, std::size_t> slot_of;  // command index -> outcomes slot
+std::vector<EntityGroup> PostgresKeyStore::Impl::plan_groups(
+    std::span<const Command> commands, const std::vector<std::size_t>& indices) const {
   std::vector<EntityGroup> groups;
   std::unordered_map<std::string, std::size_t> group_of;  // statement identity -> groups index
-  for (std::size_t slot = 0; slot < claimed.size(); ++slot) {
-    const Command& command = commands[claimed[slot]];
-    slot_of[claimed[slot]] = slot;
+  for (const auto index : indices) {
+    const Command& command = commands[index];
     const CommandType& type = *command.type;
     std::string identity = type.name;
     const std::string columns = type.table ? column_list(command.payload) : std::string();
@@ -478,22 +614,39 @@ std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
       }
       groups.push_back(std::move(group));
     }
-    groups[it->second].commands.push_back(claimed[slot]);
+    groups[it->second].commands.push_back(index);
   }
+  return groups;
+}
 
-  for (const auto& group : groups) {
+std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
+    pqxx::dbtransaction& txn, std::span<const Command> commands,
+    const std::vector<std::size_t>& claimed) {
+  std::vector<EntityOutcome> outcomes(claimed.size());
+  std::unordered_map<std::size_t, std::size_t> slot_of;  // command index -> outcomes slot
+  for (std::size_t slot = 0; slot < claimed.size(); ++slot) slot_of[claimed[slot]] = slot;
+
+  for (const auto& group : plan_groups(commands, claimed)) {
     if (!group.bulk_sql.empty() && !per_row_groups.contains(group.identity)) {
-      json payloads = json::array();
-      json keys = json::array();
+      const auto payloads = json_array_of(
+          group.commands, [&](std::size_t index) -> const std::string& {
+            return commands[index].canonical_payload;
+          });
+      std::string keys = "[";
       for (auto index : group.commands) {
-        payloads.push_back(commands[index].payload);
-        keys.push_back({{"s", commands[index].scope}, {"k", commands[index].idempotency_key}});
+        if (keys.size() > 1) keys += ',';
+        keys += R"({"s":)";
+        write_json_string(keys, commands[index].scope);
+        keys += R"(,"k":)";
+        write_json_string(keys, commands[index].idempotency_key);
+        keys += '}';
       }
+      keys += ']';
       pqxx::result rows;
       try {
-        rows = txn.exec_params(group.bulk_sql, payloads.dump(), keys.dump());
+        rows = txn.exec_params(group.bulk_sql, payloads, keys);
       } catch (const pqxx::sql_error& e) {
-        if (is_payload_refusal(e.sqlstate())) throw BulkRefused{group.identity};
+        if (is_record_fault(e.sqlstate())) throw BulkRefused{group.identity};
         throw;
       }
       const auto expected = group.commands.size();
@@ -503,7 +656,7 @@ std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
       for (std::size_t i = 0; i < rows.size(); ++i) {
         auto& outcome = outcomes[slot_of.at(group.commands[i])];
         outcome.kind = EntityOutcome::Kind::created;
-        outcome.entity = json::parse(rows[i][0].c_str());
+        outcome.entity = parse_stored_json(rows[i][0].c_str());
         outcome.stored = true;
       }
       continue;
@@ -514,34 +667,82 @@ std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
 }
 
 void PostgresKeyStore::Impl::write_group_per_row(
-    pqxx::transaction_base& txn, std::span<const Command> commands, const EntityGroup& group,
+    pqxx::dbtransaction& txn, std::span<const Command> commands, const EntityGroup& group,
     std::vector<EntityOutcome>& outcomes,
     const std::unordered_map<std::size_t, std::size_t>& slot_of) {
-  json payloads = json::array();
-  for (auto index : group.commands) payloads.push_back(commands[index].payload);
-  const auto rows = txn.exec_prepared(kWriteEach, payloads.dump(), group.per_row_sql);
+  // One statement for the group: write_entity() gives each command its own subtransaction and
+  // reports its fate. In a savepoint, because the statement as a whole can still be refused:
+  // Postgres takes the payloads as one jsonb value, and a number beyond numeric's range in one
+  // payload fails them all. Then each command goes alone.
+  pqxx::result rows;
+  try {
+    Savepoint attempt(txn, "dedup_group");
+    rows = txn.exec_prepared(
+        kWriteEach,
+        json_array_of(group.commands,
+                      [&](std::size_t index) -> const std::string& {
+                        return commands[index].canonical_payload;
+                      }),
+        group.per_row_sql);
+    attempt.release();
+  } catch (const pqxx::sql_error& e) {
+    if (!is_record_fault(e.sqlstate())) throw;
+    for (const auto index : group.commands) {
+      auto& outcome = outcomes[slot_of.at(index)];
+      try {
+        Savepoint alone(txn, "dedup_alone");
+        const auto row = txn.exec_prepared1(kWriteOne, commands[index].canonical_payload,
+                                            group.per_row_sql);
+        alone.release();
+        outcome = outcome_of_answer(parse_stored_json(row[0].c_str()));
+      } catch (const pqxx::sql_error& refused) {
+        if (!is_record_fault(refused.sqlstate())) throw;
+        outcome.kind = EntityOutcome::Kind::invalid;
+        outcome.reason = fmt::format(
+            "Postgres refused the payload: {} (SQLSTATE {})",
+            truncate_utf8(refused.what(), kMaxRejectionMessageBytes), refused.sqlstate());
+      }
+    }
+    return;
+  }
   if (rows.size() != group.commands.size()) {
     throw PermanentDatabaseError("write_entity returned a wrong number of rows", "");
   }
   for (const auto& row : rows) {
     const auto ordinal = row[0].as<std::size_t>();  // 1-based
-    auto& outcome = outcomes[slot_of.at(group.commands.at(ordinal - 1))];
-    const auto answer = json::parse(row[1].c_str());
-    if (answer.at("ok").get<bool>()) {
-      outcome.kind = EntityOutcome::Kind::created;
-      outcome.entity = answer.at("entity");
-    } else if (answer.at("kind") == "conflict") {
-      outcome.kind = EntityOutcome::Kind::conflict;
-      outcome.error = json{{"code", "conflict"},
-                           {"message", answer.at("message")},
-                           {"constraint", answer.at("constraint")},
-                           {"sqlstate", answer.at("sqlstate")}};
-    } else {
-      outcome.kind = EntityOutcome::Kind::invalid;
-      outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})",
-                                   answer.at("message").get<std::string>(),
-                                   answer.at("sqlstate").get<std::string>());
-    }
+    outcomes[slot_of.at(group.commands.at(ordinal - 1))] =
+        outcome_of_answer(parse_stored_json(row[1].c_str()));
+  }
+}
+
+std::vector<EntityOutcome> PostgresKeyStore::Impl::write_per_row(
+    pqxx::dbtransaction& txn, std::span<const Command> commands,
+    const std::vector<std::size_t>& indices) {
+  std::vector<EntityOutcome> outcomes(indices.size());
+  std::unordered_map<std::size_t, std::size_t> slot_of;
+  for (std::size_t slot = 0; slot < indices.size(); ++slot) slot_of[indices[slot]] = slot;
+  for (const auto& group : plan_groups(commands, indices)) {
+    write_group_per_row(txn, commands, group, outcomes, slot_of);
+  }
+  return outcomes;
+}
+
+void PostgresKeyStore::Impl::reject_refused_reuses(std::span<const Command> commands,
+                                                   std::vector<CommandResult>& results,
+                                                   Timestamp now) {
+  std::vector<std::size_t> reused;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (results[i].status == Status::key_reused) reused.push_back(i);
+  }
+  if (reused.empty()) return;
+  // Tried for real, then rolled back: nothing of it stays (sequences excepted, which never roll
+  // back). Whether Postgres refuses a payload depends on the payload, not on the key's state.
+  pqxx::work txn(conn());
+  const auto outcomes = write_per_row(txn, commands, reused);
+  txn.abort();
+  for (std::size_t slot = 0; slot < reused.size(); ++slot) {
+    if (outcomes[slot].kind != EntityOutcome::Kind::invalid) continue;
+    results[reused[slot]] = rejected_by_postgres(commands[reused[slot]], outcomes[slot], now);
   }
 }
 
@@ -636,9 +837,13 @@ guard AS (
                                   (SELECT count(*) FROM existing WHERE expires_at <= $2::timestamptz)))
 SELECT true, c.scope, c.idempotency_key, c.cross_scope, NULL::text, NULL::text, 'created',
        (c.result -> 'entity')::text, NULL::bigint, false, NULL::text, NULL::integer, NULL::bigint
-FROM claimed c, guard
+FROM claimed c
 UNION ALL
-SELECT {stored_row} FROM existing k, guard)SQL";
+SELECT {stored_row} FROM existing k
+UNION ALL
+SELECT NULL::boolean, NULL::text, NULL::text, NULL::boolean, NULL::text, NULL::text, NULL::text,
+       NULL::text, NULL::bigint, NULL::boolean, NULL::text, NULL::integer, NULL::bigint
+FROM guard)SQL";
 
   // Prepared once per connection and group signature: parsing and analysing this statement is a
   // third of its cost at small batches. (Plans stay custom: see conn().)
@@ -653,13 +858,23 @@ SELECT {stored_row} FROM existing k, guard)SQL";
   try {
     rows = txn.exec_prepared(prepared->second, input, now_text, expires_text);
   } catch (const pqxx::sql_error& e) {
-    if (e.sqlstate() == kFastPathRefusedState || is_payload_refusal(e.sqlstate())) {
+    if (e.sqlstate() == kFastPathRefusedState || is_record_fault(e.sqlstate())) {
       throw FastPathRefused{};
     }
     throw;
   }
+  // The guard's own row. Its presence proves that the guard ran, whatever plan Postgres chose:
+  // the statement's result includes it, so the statement cannot complete without evaluating it.
+  // (Reading the guard only through joins with the claimed and existing rows let a plan skip it
+  // when both were empty: an entity committed for a key another batch had claimed.)
+  const auto guard_rows = std::count_if(rows.begin(), rows.end(),
+                                        [](const auto& row) { return row[0].is_null(); });
+  if (guard_rows != 1) {
+    throw PermanentDatabaseError("the fast path's guard row is missing: not running it again", "");
+  }
   std::vector<std::size_t> claimed_leaders;
   for (const auto& row : rows) {
+    if (row[0].is_null()) continue;  // the guard's row
     const auto i = leader_of.at(key_id(row[1].c_str(), row[2].c_str()));
     const Command& command = commands[i];
     if (row[0].as<bool>()) {
@@ -668,7 +883,7 @@ SELECT {stored_row} FROM existing k, guard)SQL";
       known.emplace(ids[i], StoredKey{.command_type = command.type->name,
                                       .fingerprint = command.fingerprint,
                                       .status = Status::created,
-                                      .entity = json::parse(row[7].c_str()),
+                                      .entity = parse_stored_json(row[7].c_str()),
                                       .error = json(),
                                       .first_processed_at = now,
                                       .source = command.source});
@@ -707,9 +922,10 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
 
     std::vector<std::size_t> claimed;
     if (fast && round > 0) {
-      // The fast path settles every key of the batch in round 0; a second round would run a
-      // statement outside the one atomic statement the caller relies on.
-      throw std::logic_error("key store: the fast path left keys unsettled");
+      // Cannot happen: the guard makes the fast path settle every key of the batch in round 0
+      // or nothing at all. Were it to, a retry is safe (each record finds its own claim), and a
+      // second round must not run outside the one statement.
+      throw TransientDatabaseError("the fast path left keys unsettled; retrying the batch", "");
     }
     if (fast) {
       run_fast_path(txn, commands, leaders, leader_of, ids, known, cross_scope, now_text,
@@ -748,7 +964,7 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
         }
       }
       if (!lost.empty()) {
-        for (const auto& row : txn.exec_prepared(kLookup, lost.dump(), now_text)) take_row(row);
+        for (const auto& row : txn.exec_prepared(kLookup, to_json_text(lost), now_text)) take_row(row);
       }
       if (!reclaim.empty()) {
         for (const auto& row : txn.exec_prepared(kReclaim, claim_array(commands, reclaim), now_text,
@@ -766,7 +982,8 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
 
     if (!claimed.empty()) {
       // 3. write the entities, 4. store the final results
-      const auto outcomes = write_entities(txn, commands, claimed);
+      // The claim-first protocol always runs in a pqxx::work (apply()).
+      const auto outcomes = write_entities(dynamic_cast<pqxx::dbtransaction&>(txn), commands, claimed);
       json stored_rows = json::array();
       json forgotten = json::array();
       for (std::size_t slot = 0; slot < claimed.size(); ++slot) {
@@ -775,14 +992,7 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
         const auto& outcome = outcomes[slot];
         if (outcome.kind == EntityOutcome::Kind::invalid) {
           forgotten.push_back({{"s", command.scope}, {"k", command.idempotency_key}});
-          RejectedCommand rejected{.source = command.source,
-                                   .rejection = {RejectCode::invalid_payload, outcome.reason},
-                                   .scope = command.scope,
-                                   .idempotency_key = command.idempotency_key,
-                                   .type = command.type->name,
-                                   .missing_key = command.natural_key};
-          results[i] = make_rejected_result(rejected, now);
-          results[i]->natural_key = command.natural_key;
+          results[i] = rejected_by_postgres(command, outcome, now);
           continue;
         }
         const bool already_stored = outcome.stored;
@@ -802,8 +1012,8 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
         }
         known.emplace(ids[i], std::move(stored));
       }
-      if (!stored_rows.empty()) txn.exec_prepared0(kStoreResults, stored_rows.dump());
-      if (!forgotten.empty()) txn.exec_prepared0(kForget, forgotten.dump());
+      if (!stored_rows.empty()) txn.exec_prepared0(kStoreResults, to_json_text(stored_rows));
+      if (!forgotten.empty()) txn.exec_prepared0(kForget, to_json_text(forgotten));
     }
 
     // 5. answer every pending command whose key is settled
@@ -850,37 +1060,39 @@ std::size_t PostgresKeyStore::fast_path_fallbacks() const noexcept {
   return impl_->fast_path_fallbacks;
 }
 
-std::vector<CommandResult> PostgresKeyStore::apply(std::span<const Command> commands,
-                                                   Timestamp now) {
-  if (commands.empty()) return {};
-  impl_->per_row_groups.clear();
-  bool fast = impl_->fast_path_cooldown == 0 && Impl::fast_path_applies(commands);
-  if (impl_->fast_path_cooldown > 0) --impl_->fast_path_cooldown;
+std::vector<CommandResult> PostgresKeyStore::Impl::apply_with_retries(
+    std::span<const Command> commands, Timestamp now) {
+  per_row_groups.clear();
+  bool fast = fast_path_cooldown == 0 && fast_path_applies(commands);
+  if (fast_path_cooldown > 0) --fast_path_cooldown;
   for (int attempt = 1;; ++attempt) {
     try {
       try {
+        std::vector<CommandResult> results;
         if (fast) {
           // The fast path is one statement, atomic by itself: run without BEGIN/COMMIT, two
           // round trips fewer. (An in-doubt implicit commit is retried like any other: each
           // record then finds its own claim and gets its result back.)
-          pqxx::nontransaction txn(impl_->conn());
-          return impl_->run(txn, commands, now, /*fast=*/true);
+          pqxx::nontransaction txn(conn());
+          results = run(txn, commands, now, /*fast=*/true);
+        } else {
+          pqxx::work txn(conn());
+          results = run(txn, commands, now, /*fast=*/false);
+          txn.commit();
         }
-        pqxx::work txn(impl_->conn());
-        auto results = impl_->run(txn, commands, now, /*fast=*/false);
-        txn.commit();
+        reject_refused_reuses(commands, results, now);
         return results;
       } catch (const FastPathRefused&) {
         // Not a failure: redone with the claim-first protocol (the statement left no trace).
         fast = false;
-        impl_->fast_path_cooldown = kFastPathCooldownBatches;
-        ++impl_->fast_path_fallbacks;
+        fast_path_cooldown = kFastPathCooldownBatches;
+        ++fast_path_fallbacks;
         --attempt;
         continue;
       } catch (const BulkRefused& refused) {
         // Not a failure: the transaction rolled back (pqxx::work's destructor) and is redone
         // with that group row by row. Each group can be refused once, so this ends.
-        if (!impl_->per_row_groups.insert(refused.identity).second) {
+        if (!per_row_groups.insert(refused.identity).second) {
           throw PermanentDatabaseError("bulk insert of " + refused.identity + " refused twice", "");
         }
         --attempt;
@@ -889,15 +1101,45 @@ std::vector<CommandResult> PostgresKeyStore::apply(std::span<const Command> comm
         pg::rethrow_classified("applying a batch");
       }
     } catch (const TransientDatabaseError&) {
-      if (impl_->observer) impl_->observer->on_db_error(DbErrorKind::transient);
-      if (impl_->connection && !impl_->connection->is_open()) impl_->connection.reset();
-      if (attempt >= impl_->options.max_attempts) throw;
-      ++impl_->retried;
-      impl_->backoff(attempt);
-    } catch (const PermanentDatabaseError&) {
+      if (observer) observer->on_db_error(DbErrorKind::transient);
+      if (connection && !connection->is_open()) connection.reset();
+      if (attempt >= options.max_attempts) throw;
+      ++retried;
+      backoff(attempt);
+    }
+  }
+}
+
+std::vector<CommandResult> PostgresKeyStore::apply(std::span<const Command> commands,
+                                                   Timestamp now) {
+  if (commands.empty()) return {};
+  try {
+    return impl_->apply_with_retries(commands, now);
+  } catch (const PermanentDatabaseError& e) {
+    const bool record_fault =
+        !e.sqlstate().empty() && pg::classify_sqlstate(e.sqlstate()) == pg::FailureKind::record;
+    if (!record_fault) {
       if (impl_->observer) impl_->observer->on_db_error(DbErrorKind::permanent);
       throw;
     }
+    // The values of some record made a statement fail that no step above could pin on one
+    // command (the per-row path does that for entity writes; this is the net under everything
+    // else). Halve the batch until the fault is one command's: each half is a batch of its own,
+    // atomic by itself, and the first half's keys are committed before the second half reads
+    // them, so a key that repeats across the halves is decided as it would have been.
+    if (commands.size() == 1) {
+      const Command& command = commands.front();
+      EntityOutcome refused;
+      refused.kind = EntityOutcome::Kind::invalid;
+      refused.reason = truncate_utf8(e.what(), kMaxRejectionMessageBytes);
+      return {rejected_by_postgres(command, refused, now)};
+    }
+    const auto half = commands.size() / 2;
+    auto results = apply(commands.first(half), now);
+    auto rest = apply(commands.subspan(half), now);
+    results.insert(results.end(), std::make_move_iterator(rest.begin()),
+                   std::make_move_iterator(rest.end()));
+    return results;
   }
 }
 

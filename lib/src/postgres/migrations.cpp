@@ -92,6 +92,32 @@ BEGIN
 END
 $fn$;
 )SQL"},
+    Migration{3, "write_entity() reports every refusal with its SQLSTATE", R"SQL(
+-- Version 1 caught only some classes of errors; any other error a record's values provoke (a
+-- generated column, an index row too large, a trigger's RAISE) aborted the whole batch. Now every
+-- error of the one write comes back with its SQLSTATE, and the worker decides whose fault it is
+-- (docs/design.md, "Errors by SQLSTATE"): a constraint is a conflict, a bad value a rejection, a
+-- deadlock or lost lock a retry of the batch. (WHEN OTHERS does not catch query_canceled, so a
+-- statement timeout still aborts the batch, as it must.)
+CREATE OR REPLACE FUNCTION {schema}.write_entity(statement text, payload jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  entity jsonb;
+  v_state text;
+  v_constraint text;
+  v_message text;
+BEGIN
+  EXECUTE statement INTO STRICT entity USING payload;
+  RETURN jsonb_build_object('ok', true, 'entity', entity);
+EXCEPTION
+  WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_constraint = CONSTRAINT_NAME,
+                            v_message = MESSAGE_TEXT;
+    RETURN jsonb_build_object('ok', false, 'sqlstate', v_state,
+                              'constraint', NULLIF(v_constraint, ''), 'message', v_message);
+END
+$fn$;
+)SQL"},
 };
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <set>
 #include <span>
 #include <string>
@@ -89,9 +90,13 @@ class Consumer {
   void resume_all() noexcept;
   bool paused() const noexcept { return paused_; }
 
-  // Partitions revoked (or lost) since the last call. The caller drops in-flight records of these
-  // partitions: they will be delivered again from the committed offset to whoever owns them now.
-  std::set<TopicPartition> take_revoked();
+  // Removes from `records` every record that was not read under the current assignment of its
+  // partition: its partition was revoked (or lost) since, even if it was assigned again. Such a
+  // record is delivered again from the committed offset, to whoever owns the partition now (us,
+  // perhaps); processing it here too is harmless, but committing its offset is not: it could
+  // move the partition past records fetched under the new assignment and never processed.
+  // Returns how many were removed. Throws only std::bad_alloc.
+  std::size_t drop_unowned(std::vector<InboundRecord>& records) const;
 
   // Number of partitions currently assigned. Thread-safe (read by /readyz).
   std::size_t assigned_count() const noexcept { return assigned_count_.load(); }
@@ -120,8 +125,11 @@ class Consumer {
 
   Observer& observer_;
   HandlePtr handle_;
-  std::set<TopicPartition> assigned_;
-  std::set<TopicPartition> revoked_;
+  // The assigned partitions, each with the number of its current assignment (InboundRecord::
+  // assignment). Every assignment gets a new number, so a revoke followed by an assign of the
+  // same partition within one poll is still told apart.
+  std::map<TopicPartition, std::uint64_t> assigned_;
+  std::uint64_t assignments_made_ = 0;
   std::atomic<std::size_t> assigned_count_{0};
   std::deque<InboundRecord> stash_;  // fetched but not yet handed out, in fetch order
   bool paused_ = false;

@@ -12,40 +12,21 @@
 #include "dedup/kafka/handles.hpp"
 #include "dedup/observer.hpp"
 #include "dedup/record.hpp"
-#include "dedup/result.hpp"
+#include "dedup/outbound.hpp"
 
 namespace dedup::kafka {
 
-// Dead-letter headers added to the original ones (SPEC §3).
-inline constexpr std::string_view kDlqErrorCodeHeader = "dedup-error-code";
-inline constexpr std::string_view kDlqErrorMessageHeader = "dedup-error-message";
-inline constexpr std::string_view kDlqSourceTopicHeader = "dedup-source-topic";
-inline constexpr std::string_view kDlqSourcePartitionHeader = "dedup-source-partition";
-inline constexpr std::string_view kDlqSourceOffsetHeader = "dedup-source-offset";
-
-// One record to write. Null key/value/header values are kept null (not empty) on the wire.
-struct OutboundRecord {
-  std::string topic;
-  std::optional<std::string> key;
-  std::optional<std::string> value;
-  std::vector<RecordHeader> headers;
-};
-
-// The results-topic record of `result`: key "<scope>/<key>" (null when unknown), value
-// result.to_json().dump(). Throws only std::bad_alloc (and nlohmann's type_error for entity JSON
-// that is not valid UTF-8, which the store never produces).
-OutboundRecord make_result_record(const CommandResult& result, const std::string& results_topic);
-
-// The dead letter of a rejected `record`: its key, value and headers byte for byte, followed by
-// the five dedup-* headers. Throws only std::bad_alloc.
-OutboundRecord make_dead_letter(const InboundRecord& record, const Rejection& rejection,
-                                const std::string& dlq_topic);
+// The records are built in the core (dedup/outbound.hpp); this layer only transports them.
+using dedup::OutboundRecord;
 
 // What became of a batch: every record has a delivery report, success or error. Never "unknown".
 struct BatchDelivery {
   std::size_t delivered = 0;
   std::size_t failed = 0;
   std::string first_error;  // empty when failed == 0
+  // Indices (into the records sent) of those refused as too large, by librdkafka or the broker:
+  // a property of the record, not of the infrastructure, so the caller writes them cut down.
+  std::vector<std::size_t> too_large;
 
   bool ok() const noexcept { return failed == 0; }
 };
@@ -90,6 +71,9 @@ class Producer {
   void throw_if_fatal() const;
 
   rd_kafka_t* handle() const noexcept { return handle_.get(); }
+
+  // The producer's message.max.bytes: no record larger than this can be written.
+  std::size_t max_message_bytes() const;
 
  private:
   struct Delivery;
