@@ -5,6 +5,7 @@ dedup_component(core
     src/core/config.cpp
     src/core/duration.cpp
     src/core/fingerprint.cpp
+    src/core/input_formats.cpp
     src/core/json_text.cpp
     src/core/logging.cpp
     src/core/outbound.cpp

@@ -38,6 +38,8 @@ enum class RejectCode {
   unknown_type,        // "type" is not in the config
   invalid_payload,     // payload is missing or not an object, a field name is not an identifier
                        // (table mode), a natural-key field is missing, or Postgres refused a value
+  invalid_event,       // input format cloudevents: not a CloudEvent, specversion is not 1.0, or a
+                       // required attribute (id, source, type) is missing
 };
 
 std::string_view to_string(RejectCode code) noexcept;
@@ -45,6 +47,16 @@ std::string_view to_string(RejectCode code) noexcept;
 struct Rejection {
   RejectCode code = RejectCode::invalid_json;
   std::string message;  // precise and human-readable; names the field at fault
+};
+
+// The identity of a CloudEvent the command came as (input format cloudevents): what the result
+// carries back, so the producer can match it.
+struct CloudEventIdentity {
+  std::string id;
+  std::string source;
+  std::string type;  // as sent, before any `input.types` rename
+
+  friend bool operator==(const CloudEventIdentity&, const CloudEventIdentity&) = default;
 };
 
 // A command that passed validation: ready for the key store.
@@ -57,6 +69,7 @@ struct Command {
   std::string canonical_payload;      // canonical_json(payload): fingerprinted, and sent as is
   Fingerprint fingerprint{};
   bool natural_key = false;           // the key was derived from key_from fields, not sent
+  std::optional<CloudEventIdentity> cloudevent;
 };
 
 // A command that failed validation, with what could still be read of it: the result carries these
@@ -68,6 +81,7 @@ struct RejectedCommand {
   std::optional<std::string> idempotency_key;
   std::optional<std::string> type;
   bool missing_key = false;  // no client key was sent (for dedup_missing_key_total)
+  std::optional<CloudEventIdentity> cloudevent;  // when it was read as a CloudEvent
 };
 
 struct ParseOptions {

@@ -25,6 +25,30 @@ struct CommandType {
   std::vector<std::string> key_from;   // natural-key mode: derive the key from these payload fields
 };
 
+// Which format the commands topic carries (docs/contract.md §1, the config's `input:`).
+enum class InputFormat { envelope, cloudevents, mapped };
+
+// Where a mapped input finds a field: a header (its name compared case-insensitively) or a JSON
+// pointer (RFC 6901) into the record's value.
+struct InputPlace {
+  enum class Kind { header, pointer } kind = Kind::pointer;
+  std::string text;  // the header name, or the pointer as written ("" is the whole value)
+};
+
+struct InputSpec {
+  InputFormat format = InputFormat::envelope;
+  // mapped: the places of each field, the first present one wins.
+  std::vector<InputPlace> key;    // absent everywhere: the type's key_from, else rejected
+  std::vector<InputPlace> scope;  // absent everywhere: --default-scope, else rejected
+  std::vector<InputPlace> type;
+  std::string payload;            // a JSON pointer to the payload object; "" = the whole value
+  // cloudevents and mapped: incoming type name -> configured command type.
+  std::vector<std::pair<std::string, std::string>> types;
+
+  // The command type an incoming type name stands for (itself when not renamed).
+  std::string_view command_type(std::string_view incoming) const noexcept;
+};
+
 class CommandCatalog {
  public:
   // Parses the YAML config. Throws ConfigError naming the offending field (e.g.
@@ -37,10 +61,12 @@ class CommandCatalog {
   // nullptr when the type is not configured.
   const CommandType* find(std::string_view type_name) const noexcept;
   const std::vector<CommandType>& types() const noexcept { return types_; }
+  const InputSpec& input() const noexcept { return input_; }
 
  private:
   static CommandCatalog from_yaml_unchecked(std::string_view yaml_text);
   std::vector<CommandType> types_;  // sorted by name
+  InputSpec input_;
 };
 
 // True for an identifier we accept from config or payload field names: [A-Za-z_][A-Za-z0-9_]*,

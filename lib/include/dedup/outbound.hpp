@@ -33,6 +33,10 @@ inline constexpr std::string_view kDlqTruncatedHeader = "dedup-truncated";
 inline constexpr std::string_view kDlqOriginalSizeHeader = "dedup-original-size";
 inline constexpr std::string_view kDlqOriginalSha256Header = "dedup-original-sha256";
 
+// The result of a CloudEvent is a CloudEvent (binary mode) of this source and type.
+inline constexpr std::string_view kResultEventSource = "dedup-worker";
+inline constexpr std::string_view kResultEventType = "dedup.result";
+
 // What a cut-down dead letter keeps of the original record.
 inline constexpr std::size_t kDlqValuePrefixBytes = 4096;
 inline constexpr std::size_t kDlqKeyPrefixBytes = 1024;
@@ -59,7 +63,9 @@ struct OutputLimit {
 };
 
 // The results-topic record of `result`: key CommandResult::record_key() (null when unknown),
-// value the result document. When it exceeds the limit, "entity" is null and "entity_omitted":
+// value the result document; when the input was a CloudEvent, headers ce_specversion 1.0, ce_id
+// "<topic>:<partition>:<offset>" of the input, ce_source kResultEventSource, ce_type
+// kResultEventType, ce_subject the input's id, content-type application/json. When it exceeds the limit, "entity" is null and "entity_omitted":
 // {"bytes": <size of the entity's JSON>, "sha256": <hex of it>} is added.
 OutboundRecord make_result_record(const CommandResult& result, const std::string& results_topic,
                                   OutputLimit limit);

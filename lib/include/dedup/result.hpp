@@ -34,6 +34,9 @@ struct CommandResult {
   bool natural_key = false;            // key derived from key_from fields
   bool missing_key = false;            // no client key was sent (natural key used, or rejected)
   bool cross_scope_key_reuse = false;  // a new (scope, key) whose key exists under another scope
+  // The input was a CloudEvent: the result document names it ("cloudevent"), and the results-topic
+  // record is itself a CloudEvent in binary mode (dedup/outbound.hpp).
+  std::optional<CloudEventIdentity> cloudevent;
 
   // The results-topic value of SPEC §2.
   nlohmann::json to_json() const;

@@ -3,17 +3,16 @@
 #include <fmt/format.h>
 
 #include "dedup/json_text.hpp"
+#include "input_formats.hpp"
 
 namespace dedup {
 namespace {
 
 using json = nlohmann::json;
 
-// Messages may quote input (a field name, a parser's last token): bounded, so that a result or a
-// dead-letter header can never grow with the record.
-Rejection reject(RejectCode code, std::string_view message) {
-  return {code, truncate_utf8(message, kMaxRejectionMessageBytes)};
-}
+using input::describe;
+using input::reject;
+using input::Where;
 
 // Postgres stores no U+0000 in text or jsonb (it refuses "\u0000" in jsonb input, 22P05): a
 // payload carrying one can never be written, so it is refused here with a clear reason instead
@@ -37,14 +36,6 @@ std::optional<std::string> find_nul(const json& value, const std::string& path) 
   }
   return std::nullopt;
 }
-
-// Where a value came from, for messages: formatted only when there is something to report (this
-// runs for every record; the happy path must not pay for error text).
-struct Where {
-  const char* kind;  // "body field" or "header"
-  std::string_view name;
-};
-std::string describe(const Where& where) { return fmt::format("{} '{}'", where.kind, where.name); }
 
 // SPEC §1: 1–255 characters, printable ASCII, no surrounding whitespace.
 std::optional<Rejection> check_key(std::string_view key, const Where& where) {
@@ -91,52 +82,6 @@ std::optional<Rejection> check_scope(std::string_view scope, const Where& where)
   return std::nullopt;
 }
 
-// Reads a string field that may come from the body, from a header, or both (then they must agree).
-struct FieldSource {
-  std::string_view body_field;
-  std::string_view header;
-  RejectCode invalid_code;
-  RejectCode mismatch_code;
-  std::optional<Rejection> (*check)(std::string_view, const Where&);
-};
-
-std::variant<std::optional<std::string>, Rejection> read_field(const json& body,
-                                                               const InboundRecord& record,
-                                                               const FieldSource& source) {
-  std::optional<std::string> from_body;
-  if (auto it = body.find(source.body_field); it != body.end() && !it->is_null()) {
-    if (!it->is_string()) {
-      return reject(source.invalid_code, fmt::format("body field '{}' must be a string, got {}",
-                                                     source.body_field, it->type_name()));
-    }
-    from_body = it->get<std::string>();
-    if (auto bad = source.check(*from_body, Where{"body field", source.body_field})) {
-      return *bad;
-    }
-  }
-  // A header may be repeated, and clients disagree on which one counts (some read the first,
-  // others the last): repeats must agree, like body and header.
-  std::optional<std::string> from_header;
-  for (const auto& header : record.headers) {
-    if (header.name != source.header || !header.value) continue;
-    if (from_header && *from_header != *header.value) {
-      return reject(source.mismatch_code,
-                    fmt::format("header '{}' appears more than once, with different values",
-                                source.header));
-    }
-    if (!from_header) {
-      if (auto bad = source.check(*header.value, Where{"header", source.header})) return *bad;
-      from_header = *header.value;
-    }
-  }
-  if (from_body && from_header && *from_body != *from_header) {
-    return reject(source.mismatch_code,
-                  fmt::format("body field '{}' and header '{}' disagree", source.body_field,
-                              source.header));
-  }
-  return from_body ? from_body : from_header;
-}
-
 }  // namespace
 
 std::string_view to_string(RejectCode code) noexcept {
@@ -153,6 +98,7 @@ std::string_view to_string(RejectCode code) noexcept {
     case RejectCode::missing_type: return "missing_type";
     case RejectCode::unknown_type: return "unknown_type";
     case RejectCode::invalid_payload: return "invalid_payload";
+    case RejectCode::invalid_event: return "invalid_event";
   }
   return "unknown";
 }
@@ -193,45 +139,54 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
     return fail(reject(RejectCode::invalid_json, "value is not valid JSON: " + *problem));
   }
   json& body = std::get<json>(parsed);
+  const InputSpec& spec = catalog.input();
   if (!body.is_object()) {
-    return fail(reject(RejectCode::not_an_object,
-                       fmt::format("value must be a JSON object, got {}", body.type_name())));
+    // A binary-mode CloudEvent's value is its data: the payload.
+    const bool data = spec.format == InputFormat::cloudevents && input::is_binary_cloudevent(record);
+    return fail(reject(data ? RejectCode::invalid_payload : RejectCode::not_an_object,
+                       fmt::format("{} must be a JSON object, got {}",
+                                   data ? "the CloudEvent's data" : "value", body.type_name())));
   }
 
   // Read what we can before judging, so a rejected result still names key, scope and type.
-  auto key = read_field(body, record,
-                        {"idempotency_key", kKeyHeader, RejectCode::invalid_key,
-                         RejectCode::key_mismatch, &check_key});
-  auto scope = read_field(body, record,
-                          {"scope", kScopeHeader, RejectCode::invalid_scope,
-                           RejectCode::scope_mismatch, &check_scope});
+  input::Fields fields = input::read_fields(record, body, spec);
+  rejected.cloudevent = fields.cloudevent;
+  auto validated = [](input::FieldRead& read, auto check) -> std::variant<std::optional<std::string>, Rejection> {
+    if (auto* bad = std::get_if<Rejection>(&read)) return *bad;
+    auto* found = std::get_if<input::Found>(&read);
+    if (!found) return std::optional<std::string>();
+    if (auto problem = check(found->value, found->where)) return *problem;
+    return std::optional<std::string>(std::move(found->value));
+  };
+  auto key = validated(fields.key, &check_key);
+  auto scope = validated(fields.scope, &check_scope);
   if (auto* ok = std::get_if<std::optional<std::string>>(&key)) rejected.idempotency_key = *ok;
   if (auto* ok = std::get_if<std::optional<std::string>>(&scope)) rejected.scope = *ok;
   // The default applies to a scope that is missing, not to one that was sent and is invalid.
   const bool scope_missing = std::holds_alternative<std::optional<std::string>>(scope) &&
                              !std::get<std::optional<std::string>>(scope);
-  if (scope_missing && options.default_scope) rejected.scope = options.default_scope;
-  const auto type_it = body.find("type");
+  if (scope_missing && options.default_scope && !fields.cloudevent) {
+    rejected.scope = options.default_scope;
+  }
+  const auto* type_found = std::get_if<input::Found>(&fields.type);
   // Echo the type only when it could be a type name (an unknown 1 MiB "type" is not repeated).
-  if (type_it != body.end() && type_it->is_string() && type_it->get_ref<const std::string&>().size() <= 255) {
-    rejected.type = type_it->get<std::string>();
+  if (type_found && type_found->value.size() <= 255) {
+    rejected.type = std::string(spec.command_type(type_found->value));
   }
   rejected.missing_key = std::holds_alternative<std::optional<std::string>>(key) &&
                          !std::get<std::optional<std::string>>(key);
 
+  if (fields.event_problem) return fail(std::move(*fields.event_problem));
   if (auto* bad = std::get_if<Rejection>(&key)) return fail(std::move(*bad));
   if (auto* bad = std::get_if<Rejection>(&scope)) return fail(std::move(*bad));
   if (!rejected.scope) {
     return fail(reject(RejectCode::missing_scope,
-                       "no scope in body field 'scope' or header 'idempotency-scope', and no "
-                       "--default-scope is configured"));
+                       fmt::format("no scope in {}, and no --default-scope is configured",
+                                   fields.scope_places)));
   }
-  if (type_it == body.end() || type_it->is_null()) {
-    return fail(reject(RejectCode::missing_type, "body field 'type' is missing"));
-  }
-  if (!type_it->is_string()) {
-    return fail(reject(RejectCode::unknown_type,
-                       fmt::format("body field 'type' must be a string, got {}", type_it->type_name())));
+  if (auto* bad = std::get_if<Rejection>(&fields.type)) return fail(std::move(*bad));
+  if (!type_found) {
+    return fail(reject(RejectCode::missing_type, fmt::format("no type in {}", fields.type_places)));
   }
   const CommandType* type = rejected.type ? catalog.find(*rejected.type) : nullptr;
   if (!type) {
@@ -239,25 +194,26 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
                        rejected.type ? fmt::format("command type '{}' is not configured", *rejected.type)
                                      : std::string("command type is not configured")));
   }
-  const auto payload_it = body.find("payload");
-  if (payload_it == body.end() || !payload_it->is_object()) {
+  if (fields.payload_problem) return fail(std::move(*fields.payload_problem));
+  if (!fields.payload || !fields.payload->is_object()) {
     return fail(reject(RejectCode::invalid_payload,
-                       payload_it == body.end()
-                           ? std::string("body field 'payload' is missing")
-                           : fmt::format("body field 'payload' must be a JSON object, got {}",
-                                         payload_it->type_name())));
+                       !fields.payload
+                           ? fmt::format("{} is missing", fields.payload_place)
+                           : fmt::format("{} must be a JSON object, got {}", fields.payload_place,
+                                         fields.payload->type_name())));
   }
-  if (auto field = find_nul(*payload_it, "")) {
+  const json& payload = *fields.payload;
+  if (auto field = find_nul(payload, "")) {
     return fail(reject(RejectCode::invalid_payload,
                        fmt::format("payload field '{}' contains U+0000, which Postgres cannot store",
                                    printable(*field))));
   }
   if (type->table) {
     // Payload field names become column names: only plain identifiers, and at least one.
-    if (payload_it->empty()) {
+    if (payload.empty()) {
       return fail(reject(RejectCode::invalid_payload, "payload has no fields to insert"));
     }
-    for (const auto& [field, value] : payload_it->items()) {
+    for (const auto& [field, value] : payload.items()) {
       if (!is_valid_identifier(field)) {
         return fail(reject(RejectCode::invalid_payload,
                            fmt::format("payload field '{}' is not a column name "
@@ -271,10 +227,10 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
   if (rejected.missing_key) {
     if (type->key_from.empty()) {
       return fail(reject(RejectCode::missing_key,
-                         "no idempotency key in body field 'idempotency_key' or header "
-                         "'idempotency-key', and type '" + type->name + "' has no key_from"));
+                         fmt::format("no idempotency key in {}, and type '{}' has no key_from",
+                                     fields.key_places, type->name)));
     }
-    auto derived = derive_natural_key(*type, *payload_it);
+    auto derived = derive_natural_key(*type, payload);
     if (auto* bad = std::get_if<Rejection>(&derived)) return fail(std::move(*bad));
     command.idempotency_key = std::move(std::get<std::string>(derived));
     command.natural_key = true;
@@ -284,9 +240,10 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
   command.source = record.source;
   command.scope = std::move(*rejected.scope);
   command.type = type;
-  command.canonical_payload = canonical_json(*payload_it);
+  command.canonical_payload = canonical_json(payload);
   command.fingerprint = command_fingerprint_of_canonical(type->name, command.canonical_payload);
-  command.payload = std::move(*payload_it);
+  command.payload = payload;
+  command.cloudevent = std::move(fields.cloudevent);
   return command;
 }
 

@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <fstream>
 #include <set>
@@ -111,7 +113,102 @@ bool is_valid_type_name(const std::string& name) {
   });
 }
 
+std::vector<InputPlace> parse_places(const YAML::Node& node, const std::string& field) {
+  if (!node.IsSequence() || node.size() == 0) {
+    throw ConfigError(field, "expected a non-empty list of places (header:NAME or a JSON pointer)");
+  }
+  std::vector<InputPlace> places;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const std::string item_field = field + "[" + std::to_string(i) + "]";
+    const auto text = scalar_string(node[i], item_field);
+    constexpr std::string_view kHeader = "header:";
+    if (text.rfind(kHeader, 0) == 0) {
+      const auto name = text.substr(kHeader.size());
+      const bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
+        return c > 0x20 && c < 0x7f && c != ':';
+      });
+      if (!token) throw ConfigError(item_field, "'" + text + "' names no header");
+      places.push_back({InputPlace::Kind::header, name});
+      continue;
+    }
+    try {
+      (void)nlohmann::json::json_pointer(text);
+    } catch (const nlohmann::json::exception& e) {
+      throw ConfigError(item_field, "'" + text + "' is neither header:NAME nor a JSON pointer: " +
+                                        e.what());
+    }
+    places.push_back({InputPlace::Kind::pointer, text});
+  }
+  return places;
+}
+
+InputSpec parse_input(const YAML::Node& node, const std::vector<CommandType>& types) {
+  if (!node.IsMap()) throw ConfigError("input", "expected a mapping with 'format'");
+  static const std::set<std::string> kKnownKeys = {"format", "key", "scope", "type", "payload",
+                                                   "types"};
+  for (const auto& entry : node) {
+    const auto key = entry.first.as<std::string>();
+    if (!kKnownKeys.contains(key)) {
+      throw ConfigError("input." + key,
+                        "unknown setting (expected format, key, scope, type, payload or types)");
+    }
+  }
+  InputSpec spec;
+  const auto format = node["format"] ? scalar_string(node["format"], "input.format") : "envelope";
+  if (format == "envelope") {
+    spec.format = InputFormat::envelope;
+  } else if (format == "cloudevents") {
+    spec.format = InputFormat::cloudevents;
+  } else if (format == "mapped") {
+    spec.format = InputFormat::mapped;
+  } else {
+    throw ConfigError("input.format",
+                      "'" + format + "' is not a format (expected envelope, cloudevents or mapped)");
+  }
+  for (const char* setting : {"key", "scope", "type", "payload"}) {
+    if (node[setting] && spec.format != InputFormat::mapped) {
+      throw ConfigError(std::string("input.") + setting, "applies to format: mapped only");
+    }
+  }
+  if (node["types"] && spec.format == InputFormat::envelope) {
+    throw ConfigError("input.types", "applies to formats cloudevents and mapped only");
+  }
+  if (spec.format == InputFormat::mapped) {
+    if (!node["type"]) throw ConfigError("input.type", "format mapped needs the places of the type");
+    if (!node["payload"]) throw ConfigError("input.payload", "format mapped needs the payload's place");
+    if (node["key"]) spec.key = parse_places(node["key"], "input.key");
+    if (node["scope"]) spec.scope = parse_places(node["scope"], "input.scope");
+    spec.type = parse_places(node["type"], "input.type");
+    spec.payload = scalar_string(node["payload"], "input.payload");
+    try {
+      (void)nlohmann::json::json_pointer(spec.payload);
+    } catch (const nlohmann::json::exception& e) {
+      throw ConfigError("input.payload", "'" + spec.payload + "' is not a JSON pointer: " + e.what());
+    }
+  }
+  if (const auto renames = node["types"]) {
+    if (!renames.IsMap()) throw ConfigError("input.types", "expected a mapping of type names");
+    for (const auto& entry : renames) {
+      const auto incoming = entry.first.as<std::string>();
+      const auto field = "input.types." + incoming;
+      auto target = scalar_string(entry.second, field);
+      const bool known = std::any_of(types.begin(), types.end(),
+                                     [&](const CommandType& t) { return t.name == target; });
+      if (!known) throw ConfigError(field, "'" + target + "' is not a configured command type");
+      spec.types.emplace_back(incoming, std::move(target));
+    }
+  }
+  return spec;
+}
+
 }  // namespace
+
+std::string_view InputSpec::command_type(std::string_view incoming) const noexcept {
+  for (const auto& [from, to] : types) {
+    if (from == incoming) return to;
+  }
+  return incoming;
+}
 
 bool is_valid_identifier(std::string_view name) noexcept {
   if (name.empty() || name.size() > kMaxIdentifierLength) return false;
@@ -152,7 +249,9 @@ CommandCatalog CommandCatalog::from_yaml_unchecked(std::string_view yaml_text) {
   if (!root.IsMap()) throw ConfigError("--config", "expected a mapping with a 'commands' section");
   for (const auto& entry : root) {
     const auto key = entry.first.as<std::string>();
-    if (key != "commands") throw ConfigError(key, "unknown top-level setting (expected 'commands')");
+    if (key != "commands" && key != "input") {
+      throw ConfigError(key, "unknown top-level setting (expected 'commands' or 'input')");
+    }
   }
   const auto commands = root["commands"];
   if (!commands || !commands.IsMap() || commands.size() == 0) {
@@ -169,6 +268,7 @@ CommandCatalog CommandCatalog::from_yaml_unchecked(std::string_view yaml_text) {
   }
   std::sort(catalog.types_.begin(), catalog.types_.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
+  if (const auto input = root["input"]) catalog.input_ = parse_input(input, catalog.types_);
   return catalog;
 }
 

@@ -1,5 +1,7 @@
 #include "dedup/outbound.hpp"
 
+#include <fmt/format.h>
+
 #include "dedup/fingerprint.hpp"
 #include "dedup/json_text.hpp"
 
@@ -37,6 +39,20 @@ OutboundRecord make_result_record(const CommandResult& result, const std::string
   OutboundRecord out;
   out.topic = results_topic;
   out.key = result.record_key();
+  if (result.cloudevent) {
+    // The result of a CloudEvent is a CloudEvent itself (binary mode): its id is the input
+    // record's position, the same when the result is replayed; its subject is the event it
+    // answers. The body names that event in full ("cloudevent").
+    out.headers = {
+        {"ce_specversion", "1.0"},
+        {"ce_id", fmt::format("{}:{}:{}", result.source.topic, result.source.partition,
+                              result.source.offset)},
+        {"ce_source", std::string(kResultEventSource)},
+        {"ce_type", std::string(kResultEventType)},
+        {"ce_subject", result.cloudevent->id},
+        {"content-type", "application/json"},
+    };
+  }
   nlohmann::json document = result.to_json();
   out.value = to_json_text(document);
   if (!limit.compact && payload_bytes(out) <= limit.max_bytes) return out;

@@ -26,7 +26,7 @@ json optional_string(const std::optional<std::string>& value) {
 }  // namespace
 
 json CommandResult::to_json() const {
-  return json{
+  json document{
       {"idempotency_key", optional_string(idempotency_key)},
       {"scope", optional_string(scope)},
       {"type", optional_string(type)},
@@ -41,6 +41,11 @@ json CommandResult::to_json() const {
       {"processed_at", format_timestamp(processed_at)},
       {"source", {{"topic", source.topic}, {"partition", source.partition}, {"offset", source.offset}}},
   };
+  if (cloudevent) {
+    document["cloudevent"] = {
+        {"id", cloudevent->id}, {"source", cloudevent->source}, {"type", cloudevent->type}};
+  }
+  return document;
 }
 
 namespace {
@@ -82,6 +87,7 @@ CommandResult make_rejected_result(const RejectedCommand& rejected, Timestamp no
   result.source = rejected.source;
   result.rejection = rejected.rejection;
   result.missing_key = rejected.missing_key;
+  result.cloudevent = rejected.cloudevent;
   return result;
 }
 
@@ -95,6 +101,7 @@ CommandResult resolve_stored(const Command& command, const StoredKey& stored, Ti
   result.source = command.source;
   result.natural_key = command.natural_key;
   result.missing_key = command.natural_key;
+  result.cloudevent = command.cloudevent;
 
   if (command.fingerprint != stored.fingerprint) {
     result.status = Status::key_reused;

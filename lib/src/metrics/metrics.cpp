@@ -16,7 +16,7 @@ constexpr std::array kRejectCodes = {
     RejectCode::too_large,     RejectCode::invalid_json,  RejectCode::not_an_object,
     RejectCode::missing_key,   RejectCode::invalid_key,   RejectCode::key_mismatch,
     RejectCode::missing_scope, RejectCode::invalid_scope, RejectCode::scope_mismatch,
-    RejectCode::missing_type,  RejectCode::unknown_type,  RejectCode::invalid_payload,
+    RejectCode::missing_type,  RejectCode::unknown_type,  RejectCode::invalid_payload, RejectCode::invalid_event,
 };
 
 // The reason label of a dead letter whose result carries no rejection (a broken invariant upstream;

@@ -401,7 +401,8 @@ CommandResult rejected_by_postgres(const Command& command, const EntityOutcome& 
                            .scope = command.scope,
                            .idempotency_key = command.idempotency_key,
                            .type = command.type->name,
-                           .missing_key = command.natural_key};
+                           .missing_key = command.natural_key,
+                           .cloudevent = command.cloudevent};
   auto result = make_rejected_result(rejected, now);
   result.natural_key = command.natural_key;
   return result;

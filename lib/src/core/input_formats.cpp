@@ -1,0 +1,251 @@
+#include "input_formats.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "dedup/json_text.hpp"
+
+namespace dedup::input {
+namespace {
+
+using json = nlohmann::json;
+
+// The envelope's headers (SPEC §1) and the CloudEvents Kafka binding's (binary mode).
+constexpr std::string_view kKeyHeader = "idempotency-key";
+constexpr std::string_view kScopeHeader = "idempotency-scope";
+constexpr std::string_view kContentType = "content-type";
+constexpr std::string_view kStructuredContentType = "application/cloudevents";
+
+bool equal_ignoring_case(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// The value of the headers named `name` (compared as given, or ignoring case). A header may be
+// repeated, and clients disagree on which one counts (some read the first, others the last):
+// repeats must agree. Null-valued headers do not count.
+FieldRead header_value(const InboundRecord& record, std::string_view name, bool ignore_case,
+                       RejectCode mismatch) {
+  FieldRead found;
+  for (const auto& header : record.headers) {
+    const bool match = ignore_case ? equal_ignoring_case(header.name, name) : header.name == name;
+    if (!match || !header.value) continue;
+    if (auto* earlier = std::get_if<Found>(&found)) {
+      if (earlier->value != *header.value) {
+        return reject(mismatch, fmt::format("header '{}' appears more than once, with different "
+                                            "values",
+                                            name));
+      }
+      continue;
+    }
+    found = Found{*header.value, {"header", std::string(name)}};
+  }
+  return found;
+}
+
+// A string at `pointer` in `body`: absent when missing or null.
+FieldRead body_value(const json& body, const json::json_pointer& pointer, Where where,
+                     RejectCode invalid) {
+  if (!body.contains(pointer)) return {};
+  const json& value = body.at(pointer);
+  if (value.is_null()) return {};
+  if (!value.is_string()) {
+    return reject(invalid, fmt::format("{} must be a string, got {}", describe(where),
+                                       value.type_name()));
+  }
+  return Found{value.get<std::string>(), std::move(where)};
+}
+
+// Envelope: body field and header both count, and must agree.
+FieldRead envelope_field(const InboundRecord& record, const json& body, std::string_view field,
+                         std::string_view header, RejectCode invalid, RejectCode mismatch) {
+  auto from_body = body_value(body, json::json_pointer("/" + std::string(field)),
+                              {"body field", std::string(field)}, invalid);
+  auto from_header = header_value(record, header, /*ignore_case=*/false, mismatch);
+  if (std::holds_alternative<Rejection>(from_body)) return from_body;
+  if (std::holds_alternative<Rejection>(from_header)) return from_header;
+  auto* body_found = std::get_if<Found>(&from_body);
+  auto* header_found = std::get_if<Found>(&from_header);
+  if (body_found && header_found && body_found->value != header_found->value) {
+    return reject(mismatch, fmt::format("body field '{}' and header '{}' disagree", field, header));
+  }
+  return body_found ? from_body : from_header;
+}
+
+Fields read_envelope(const InboundRecord& record, const json& body) {
+  Fields fields;
+  fields.key = envelope_field(record, body, "idempotency_key", kKeyHeader, RejectCode::invalid_key,
+                              RejectCode::key_mismatch);
+  fields.scope = envelope_field(record, body, "scope", kScopeHeader, RejectCode::invalid_scope,
+                                RejectCode::scope_mismatch);
+  fields.type = body_value(body, json::json_pointer("/type"), {"body field", "type"},
+                           RejectCode::unknown_type);
+  fields.key_places = "body field 'idempotency_key' or header 'idempotency-key'";
+  fields.scope_places = "body field 'scope' or header 'idempotency-scope'";
+  fields.type_places = "body field 'type'";
+  fields.payload_place = "body field 'payload'";
+  if (const auto it = body.find("payload"); it != body.end()) fields.payload = &*it;
+  return fields;
+}
+
+// Mapped: the first place where a field is present wins.
+FieldRead first_present(const InboundRecord& record, const json& body,
+                        const std::vector<InputPlace>& places, RejectCode invalid,
+                        RejectCode mismatch) {
+  for (const auto& place : places) {
+    FieldRead read =
+        place.kind == InputPlace::Kind::header
+            ? header_value(record, place.text, /*ignore_case=*/true, mismatch)
+            : body_value(body, json::json_pointer(place.text), {"field", place.text}, invalid);
+    if (!std::holds_alternative<std::monostate>(read)) return read;
+  }
+  return {};
+}
+
+std::string describe_places(const std::vector<InputPlace>& places) {
+  std::string out;
+  for (const auto& place : places) {
+    if (!out.empty()) out += ", ";
+    out += place.kind == InputPlace::Kind::header ? "header '" + place.text + "'"
+                                                  : "field '" + place.text + "'";
+  }
+  return out.empty() ? "no configured place" : out;
+}
+
+Fields read_mapped(const InboundRecord& record, const json& body, const InputSpec& spec) {
+  Fields fields;
+  fields.key = first_present(record, body, spec.key, RejectCode::invalid_key, RejectCode::key_mismatch);
+  fields.scope = first_present(record, body, spec.scope, RejectCode::invalid_scope,
+                               RejectCode::scope_mismatch);
+  fields.type = first_present(record, body, spec.type, RejectCode::unknown_type,
+                              RejectCode::unknown_type);
+  fields.key_places = describe_places(spec.key);
+  fields.scope_places = describe_places(spec.scope);
+  fields.type_places = describe_places(spec.type);
+  fields.payload_place = "field '" + spec.payload + "'";
+  const json::json_pointer pointer(spec.payload);
+  if (body.contains(pointer)) fields.payload = &body.at(pointer);
+  return fields;
+}
+
+bool is_json_media_type(std::string_view type) {
+  const auto end = type.find(';');
+  const auto bare = type.substr(0, end);
+  return equal_ignoring_case(bare, "application/json") ||
+         (bare.size() > 5 && equal_ignoring_case(bare.substr(bare.size() - 5), "+json"));
+}
+
+// CloudEvents 1.0, Kafka protocol binding. Binary mode: ce_* headers, the value is the data.
+// Structured mode: content-type application/cloudevents+json, the value is the event.
+Fields read_cloudevent(const InboundRecord& record, const json& body) {
+  Fields fields;
+  const bool binary = is_binary_cloudevent(record);
+  const auto content_type = header_value(record, kContentType, /*ignore_case=*/true,
+                                         RejectCode::invalid_event);
+  auto attribute = [&](std::string_view name) -> FieldRead {
+    if (binary) {
+      return header_value(record, "ce_" + std::string(name), /*ignore_case=*/false,
+                          RejectCode::invalid_event);
+    }
+    return body_value(body, json::json_pointer("/" + std::string(name)),
+                      {"CloudEvent attribute", std::string(name)}, RejectCode::invalid_event);
+  };
+  fields.key = attribute("id");
+  fields.scope = attribute("source");
+  fields.type = attribute("type");
+  const char* where = binary ? "header 'ce_{}'" : "attribute '{}'";
+  fields.key_places = fmt::format(fmt::runtime(where), "id");
+  fields.scope_places = fmt::format(fmt::runtime(where), "source");
+  fields.type_places = fmt::format(fmt::runtime(where), "type");
+  fields.payload_place = binary ? "the record value (binary mode)" : "attribute 'data'";
+
+  if (!binary) {
+    const auto* structured = std::get_if<Found>(&content_type);
+    if (!structured || structured->value.rfind(kStructuredContentType, 0) != 0) {
+      fields.event_problem = reject(
+          RejectCode::invalid_event,
+          "not a CloudEvent: neither a ce_specversion header (binary mode) nor content-type "
+          "application/cloudevents+json (structured mode)");
+      return fields;
+    }
+  }
+  const auto specversion = attribute("specversion");
+  if (auto* bad = std::get_if<Rejection>(&specversion)) {
+    fields.event_problem = *bad;
+  } else if (auto* found = std::get_if<Found>(&specversion); !found || found->value != "1.0") {
+    fields.event_problem = reject(
+        RejectCode::invalid_event,
+        found ? fmt::format("CloudEvent specversion '{}' is not supported (only 1.0)",
+                            truncate_utf8(found->value, 64))
+              : std::string("CloudEvent attribute 'specversion' is missing"));
+  }
+  for (const auto& [read, name] :
+       {std::pair{&fields.key, "id"}, std::pair{&fields.scope, "source"},
+        std::pair{&fields.type, "type"}}) {
+    if (!fields.event_problem && std::holds_alternative<std::monostate>(*read)) {
+      fields.event_problem = reject(RejectCode::invalid_event,
+                                    fmt::format("CloudEvent attribute '{}' is missing", name));
+    }
+  }
+  auto found_string = [](const FieldRead& read) {
+    const auto* found = std::get_if<Found>(&read);
+    return found ? found->value : std::string();
+  };
+  fields.cloudevent = CloudEventIdentity{truncate_utf8(found_string(fields.key), 255),
+                                         truncate_utf8(found_string(fields.scope), 255),
+                                         truncate_utf8(found_string(fields.type), 255)};
+
+  if (binary) {
+    // The data: JSON by content-type, or with none (the binding's default for our use).
+    if (const auto* declared = std::get_if<Found>(&content_type);
+        declared && !is_json_media_type(declared->value)) {
+      fields.payload_problem = reject(
+          RejectCode::invalid_payload,
+          fmt::format("CloudEvent data has content-type '{}', not JSON",
+                      truncate_utf8(declared->value, 128)));
+    }
+    fields.payload = &body;
+    return fields;
+  }
+  if (body.contains("data_base64")) {
+    fields.payload_problem = reject(RejectCode::invalid_payload,
+                                    "CloudEvent carries data_base64: the data must be a JSON object");
+  } else if (const auto it = body.find("datacontenttype");
+             it != body.end() && it->is_string() && !is_json_media_type(it->get_ref<const std::string&>())) {
+    fields.payload_problem = reject(
+        RejectCode::invalid_payload,
+        fmt::format("CloudEvent datacontenttype '{}' is not JSON",
+                    truncate_utf8(it->get_ref<const std::string&>(), 128)));
+  }
+  if (const auto it = body.find("data"); it != body.end()) fields.payload = &*it;
+  return fields;
+}
+
+}  // namespace
+
+Rejection reject(RejectCode code, std::string_view message) {
+  return {code, truncate_utf8(message, kMaxRejectionMessageBytes)};
+}
+
+std::string describe(const Where& where) {
+  return fmt::format("{} '{}'", where.kind, truncate_utf8(printable(where.name), 128));
+}
+
+bool is_binary_cloudevent(const InboundRecord& record) {
+  return std::any_of(record.headers.begin(), record.headers.end(),
+                     [](const RecordHeader& h) { return h.name == "ce_specversion"; });
+}
+
+Fields read_fields(const InboundRecord& record, const json& body, const InputSpec& spec) {
+  switch (spec.format) {
+    case InputFormat::envelope: return read_envelope(record, body);
+    case InputFormat::mapped: return read_mapped(record, body, spec);
+    case InputFormat::cloudevents: return read_cloudevent(record, body);
+  }
+  return read_envelope(record, body);
+}
+
+}  // namespace dedup::input
