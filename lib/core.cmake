@@ -1,5 +1,6 @@
 dedup_component(core
   SOURCES
+    src/core/backoff.cpp
     src/core/clock.cpp
     src/core/command.cpp
     src/core/config.cpp

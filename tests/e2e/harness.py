@@ -4,7 +4,9 @@ produces commands and reads results. Nothing is faked.
 
 Environment (set by scripts/test): DEDUP_WORKER_BIN (the binary), DEDUP_TEST_DB (a running
 throwaway cluster; each test gets its own database in it). Tests that restart Postgres start a
-private cluster with PrivatePostgres instead.
+private cluster with PrivatePostgres instead. DEDUP_E2E_BROKER=kafka runs the suites that use
+make_broker() on a real Apache Kafka broker instead of the dev broker (scripts/kafka; version:
+DEDUP_E2E_KAFKA_VERSION), see RealKafka at the end of this file.
 """
 import contextlib
 import json
@@ -42,6 +44,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def client_config(bootstrap):
+    """librdkafka settings for a test client: `bootstrap` is "host:port", or a dict of settings
+    (a secured broker's bootstrap.servers, security.protocol, ssl.ca.location, ...)."""
+    return dict(bootstrap) if isinstance(bootstrap, dict) else {"bootstrap.servers": bootstrap}
+
+
 def wait_for(predicate, timeout, what, interval=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -62,13 +70,18 @@ def psql(conninfo, sql, *extra):
 class Database(contextlib.AbstractContextManager):
     """A fresh database in the test cluster, with the demo's entity tables and the dedup schema."""
 
-    def __init__(self, server_conninfo=None):
+    def __init__(self, server_conninfo=None, extra_sql=()):
+        """extra_sql: more fixture SQL files, loaded after the demo's schema (e.g. more entity
+        tables for a test's own --config)."""
         self.server = server_conninfo or require_env("DEDUP_TEST_DB")
         self.name = "e2e_" + uuid.uuid4().hex[:12]
         psql(self.server, f"CREATE DATABASE {self.name}")
         self.conninfo = self._conninfo_for(self.name)
-        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.conninfo, "-f", SCHEMA_SQL],
-                       check=True, capture_output=True)
+        for sql_file in (SCHEMA_SQL, *extra_sql):
+            loaded = subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.conninfo, "-f", sql_file],
+                                    capture_output=True, text=True)
+            if loaded.returncode != 0:
+                raise RuntimeError(f"loading {sql_file} failed: {loaded.stderr}")
         subprocess.run([worker_bin(), "migrate", "--db", self.conninfo], check=True, capture_output=True)
 
     def _conninfo_for(self, dbname):
@@ -115,6 +128,8 @@ class PrivatePostgres(contextlib.AbstractContextManager):
 class Broker(contextlib.AbstractContextManager):
     """`dedup-worker dev-broker` in its own process. SIGSTOP/SIGCONT freeze and thaw it, which
     clients see as a broker that stopped answering."""
+    kind = "dev"
+    worker_env = {}
 
     def __init__(self, topics=("commands:4", "commands.results:4", "commands.dlq:1")):
         self.dir = tempfile.mkdtemp(prefix="dedup-e2e-broker.")
@@ -192,18 +207,19 @@ class Worker(ManagedProcess):
     """`dedup-worker run` against a broker and a database. Extra flags and environment (e.g.
     DEDUP_FAILPOINT) per instance; logs go to a file kept for the test's failure message."""
 
-    def __init__(self, broker, database_conninfo, extra_args=(), env=None, name="worker"):
+    def __init__(self, broker, database_conninfo, extra_args=(), env=None, name="worker", config=None):
         self.metrics_port = free_port()
         args = [worker_bin(), "--log-format", "text", "run",
-                "--brokers", broker.bootstrap, "--db", database_conninfo, "--config", CONFIG_YAML,
+                "--brokers", broker.bootstrap, "--db", database_conninfo, "--config", config or CONFIG_YAML,
                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                 # The mock waits out a killed member's session before rebalancing: keep it short.
                 "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
-                # The mock holds empty fetches for the whole wait (docs/operations.md).
-                "-X", "fetch.wait.max.ms=10",
+                # The mock holds empty fetches for the whole wait (docs/operations.md); a real
+                # broker answers a waiting fetch as soon as records arrive: keep its default.
+                *(["-X", "fetch.wait.max.ms=10"] if broker.kind == "dev" else []),
                 *extra_args]
         super().__init__(args, os.path.join(broker.dir, f"{name}-{uuid.uuid4().hex[:6]}.log"),
-                         env=env or {}, stop_timeout=40)
+                         env={**broker.worker_env, **(env or {})}, stop_timeout=40)
 
     def metrics_url(self, path="/metrics"):
         return f"http://127.0.0.1:{self.metrics_port}{path}"
@@ -218,7 +234,7 @@ def command(key, title, scope="org-1", ctype="todo.create", payload=None):
 
 def produce(bootstrap, topic, records):
     """records: iterable of dict (JSON body) or (key bytes, value bytes, headers) tuples."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({**client_config(bootstrap), "enable.idempotence": True, "linger.ms": 5})
     count = 0
     for record in records:
         if isinstance(record, dict):
@@ -243,7 +259,7 @@ def read_topic(bootstrap, topic, expect=None, timeout=60, idle=None):
     """Reads a topic from the beginning without a group. Stops when `expect` records were read, or
     when nothing arrived for `idle` seconds, or at `timeout`. Returns messages as dicts with key,
     value (bytes), headers (dict of bytes), partition, offset."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader-" + uuid.uuid4().hex,
+    consumer = Consumer({**client_config(bootstrap), "group.id": "e2e-reader-" + uuid.uuid4().hex,
                          "enable.auto.commit": False})
     metadata = consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
@@ -285,7 +301,7 @@ def results_by_source(messages):
 def produce_tracked(bootstrap, topic, records):
     """Like produce(), but returns where each record landed: a list of (partition, offset) in the
     order of `records`. records: dicts (JSON body, keyed "<scope>/<key>") or (key, value, headers)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({**client_config(bootstrap), "enable.idempotence": True, "linger.ms": 5})
     positions = []
 
     def on_delivery(index):
@@ -323,7 +339,7 @@ class TopicReader(contextlib.AbstractContextManager):
 
     def __init__(self, bootstrap, topic):
         self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader-" + uuid.uuid4().hex,
+        self.consumer = Consumer({**client_config(bootstrap), "group.id": "e2e-reader-" + uuid.uuid4().hex,
                                   "enable.auto.commit": False, "enable.partition.eof": False})
         metadata = self.consumer.list_topics(topic, timeout=10)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
@@ -378,7 +394,7 @@ def result_sources(messages):
 
 def committed_offsets(bootstrap, group, topic):
     """The consumer group's committed offsets of `topic`: {partition: offset} (negative: none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**client_config(bootstrap), "group.id": group, "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=20)
@@ -389,7 +405,7 @@ def committed_offsets(bootstrap, group, topic):
 
 def end_offsets(bootstrap, topic):
     """{partition: high watermark} of `topic`."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-wm-" + uuid.uuid4().hex})
+    consumer = Consumer({**client_config(bootstrap), "group.id": "e2e-wm-" + uuid.uuid4().hex})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
@@ -408,3 +424,209 @@ def http_status(url, timeout=2.0):
         return error.code
     except (urllib.error.URLError, OSError):
         return None
+
+
+# --- Real Apache Kafka (scripts/kafka): the same test bodies on a real broker ------------------
+# DEDUP_E2E_BROKER=dev (default: the dev broker, one process per test) or kafka (one real broker
+# JVM per test module, fresh topics per test); DEDUP_E2E_KAFKA_VERSION picks the Kafka version
+# (default: scripts/kafka's newest tested one).
+
+KAFKA_SCRIPT = os.path.join(ROOT, "scripts", "kafka")
+DEFAULT_TOPICS = ("commands:4", "commands.results:4", "commands.dlq:1")
+# docs/operations.md: results and dead letters need room for a command of --max-message-bytes
+# plus 64 KiB; real Kafka enforces max.message.bytes (the dev broker does not).
+RESULT_TOPIC_CONFIG = "max.message.bytes=1114112"
+
+
+def broker_kind():
+    kind = os.environ.get("DEDUP_E2E_BROKER", "dev")
+    if kind not in ("dev", "kafka"):
+        raise RuntimeError(f"DEDUP_E2E_BROKER={kind!r}: expected dev or kafka")
+    return kind
+
+
+def kafka_tool():
+    """scripts/kafka as a module: its client settings and AdminClient topic creation."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    module = sys.modules.get("dedup_kafka_tool")
+    if module is None:
+        loader = importlib.machinery.SourceFileLoader("dedup_kafka_tool", KAFKA_SCRIPT)
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+        loader.exec_module(module)
+        sys.modules[loader.name] = module
+    return module
+
+
+def _kafka_topic_spec(spec):
+    name, _, rest = spec.partition(":")
+    if (name.endswith(".results") or name.endswith(".dlq")) and rest.count(":") == 0:
+        return f"{name}:{rest or 1}:{RESULT_TOPIC_CONFIG}"
+    return spec
+
+
+class RealKafka(contextlib.AbstractContextManager):
+    """A real Apache Kafka broker (scripts/kafka start: KRaft, one JVM, 127.0.0.1) with the
+    interface of Broker: bootstrap, dir, topics created at start, freeze()/thaw() (SIGSTOP and
+    SIGCONT of the JVM), __exit__ stops it and removes dir unless the test failed. Also:
+    client_config (what a client of it needs, secured or not), worker_env (the same as
+    DEDUP_KAFKA_* variables for the worker), kill() and start() (SIGKILL; restart on the same
+    data), create_topics()/recreate_topics()."""
+    kind = "kafka"
+
+    def __init__(self, topics=DEFAULT_TOPICS, version=None, security="plaintext"):
+        self.dir = tempfile.mkdtemp(prefix="dedup-e2e-kafka.")
+        self.security = security
+        self.version = version or os.environ.get("DEDUP_E2E_KAFKA_VERSION") or None
+        self.start(topics)
+
+    def start(self, topics=()):
+        args = [KAFKA_SCRIPT, "start", "--dir", self.dir, "--security", self.security]
+        if self.version:
+            args += ["--version", self.version]
+        for topic in topics:
+            args += ["--topic", _kafka_topic_spec(topic)]
+        began = time.time()
+        out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"scripts/kafka start failed (exit {out.returncode}):\n{out.stderr[-6000:]}")
+        self.start_seconds = time.time() - began
+        self.info = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        self.bootstrap = self.info["bootstrap"]
+        self.version = self.info["version"]
+        self.pid = int(self.info["pid"])
+
+    @property
+    def client_config(self):
+        tool = kafka_tool()
+        return tool.client_config(tool.read_info(self.dir))
+
+    @property
+    def admin_config(self):
+        """The test bed's own path to the broker (its loopback PLAINTEXT listener if secured)."""
+        tool = kafka_tool()
+        return tool.admin_config(tool.read_info(self.dir))
+
+    @property
+    def worker_env(self):
+        """client_config as DEDUP_KAFKA_* variables (docs/contract.md §6), without the bootstrap
+        servers (--brokers)."""
+        return {"DEDUP_KAFKA_" + key.upper().replace(".", "_"): value
+                for key, value in self.client_config.items() if key != "bootstrap.servers"}
+
+    def create_topics(self, specs):
+        try:
+            kafka_tool().create_topics(self.admin_config, [_kafka_topic_spec(s) for s in specs])
+        except SystemExit:
+            raise RuntimeError(f"creating topics {list(specs)} failed (see stderr)") from None
+
+    def recreate_topics(self, specs):
+        """Deletes the topics (if they exist: a test before this one used them), which also drops
+        every consumer group's offsets on them, then creates them anew."""
+        from confluent_kafka.admin import AdminClient
+        names = [s.split(":", 1)[0] for s in specs]
+        admin = AdminClient(self.admin_config)
+        existing = [n for n in names if n in admin.list_topics(timeout=10).topics]
+        if existing:
+            for future in admin.delete_topics(existing, operation_timeout=30).values():
+                future.result()
+            wait_for(lambda: not set(existing) & set(admin.list_topics(timeout=10).topics), 30,
+                     f"topics {existing} to be deleted")
+        self.create_topics(specs)
+
+    def _signal(self, sig):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def freeze(self):
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self):
+        self._signal(signal.SIGCONT)
+
+    def kill(self):
+        """SIGKILL, and wait until the JVM is gone (it is not our child: scripts/kafka started it)."""
+        self._signal(signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{self.pid}") or
+                 open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+                 30, "the killed broker to go away")
+
+    def stop(self):
+        subprocess.run([KAFKA_SCRIPT, "stop", "--dir", self.dir], capture_output=True, timeout=120)
+
+    def __exit__(self, *exc):
+        self.stop()
+        if exc[0] is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class KafkaTopics(contextlib.AbstractContextManager):
+    """One test's share of its module's real broker, with the interface of Broker: the topics
+    created fresh (those of an earlier test deleted first, with the consumer groups' offsets on
+    them), a directory of its own for worker logs (kept if the test failed), freeze()/thaw() of
+    the shared JVM."""
+    kind = "kafka"
+
+    def __init__(self, broker, topics=DEFAULT_TOPICS):
+        self.broker = broker
+        self.bootstrap = broker.bootstrap
+        self.worker_env = broker.worker_env
+        self.client_config = broker.client_config
+        self.dir = tempfile.mkdtemp(prefix="dedup-e2e.")
+        broker.recreate_topics(topics)
+
+    def freeze(self):
+        self.broker.freeze()
+
+    def thaw(self):
+        self.broker.thaw()
+
+    def __exit__(self, *exc):
+        self.broker.thaw()
+        if exc[0] is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            self.broker.keep_dir = True  # its server.log belongs to the failure
+
+
+_shared_kafka = None
+
+
+def shared_kafka():
+    """The module's real broker, started on first use (one JVM per test module: starting one
+    costs seconds)."""
+    global _shared_kafka
+    if _shared_kafka is None:
+        import atexit
+        import sys
+        _shared_kafka = RealKafka(topics=())
+        atexit.register(stop_shared_broker)
+        print(f"[Apache Kafka {_shared_kafka.version} at {_shared_kafka.bootstrap}, "
+              f"up in {_shared_kafka.start_seconds:.1f}s]", file=sys.stderr, flush=True)
+    return _shared_kafka
+
+
+def start_shared_broker():
+    """setUpModule of a suite that runs on either broker: starts the real broker if
+    DEDUP_E2E_BROKER=kafka (nothing for the dev broker, which runs per test)."""
+    if broker_kind() == "kafka":
+        shared_kafka()
+
+
+def stop_shared_broker():
+    """tearDownModule: stops the module's real broker (its directory stays if a test failed)."""
+    global _shared_kafka
+    broker, _shared_kafka = _shared_kafka, None
+    if broker is not None:
+        broker.stop()
+        if not getattr(broker, "keep_dir", False):
+            shutil.rmtree(broker.dir, ignore_errors=True)
+
+
+def make_broker(topics=DEFAULT_TOPICS):
+    """The broker a test runs against, chosen by DEDUP_E2E_BROKER: a dev broker of its own, or
+    fresh topics on the module's real Apache Kafka broker. Use as a context manager."""
+    if broker_kind() == "dev":
+        return Broker(topics)
+    return KafkaTopics(shared_kafka(), topics)

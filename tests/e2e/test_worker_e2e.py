@@ -2,8 +2,8 @@
 byte, the command line of §6 (flags, env vars, exit codes, migrate, inspect) and a clean SIGTERM
 shutdown whose committed offsets cover everything processed.
 
-Real binary, dev broker process, real Postgres (harness.py). Needs DEDUP_WORKER_BIN and
-DEDUP_TEST_DB: without them every test fails (never skips).
+Real binary, dev broker process (or real Apache Kafka with DEDUP_E2E_BROKER=kafka), real Postgres
+(harness.py). Needs DEDUP_WORKER_BIN and DEDUP_TEST_DB: without them every test fails (never skips).
 """
 import collections
 import json
@@ -18,8 +18,12 @@ import uuid
 import warnings
 
 import harness
-from harness import (CONFIG_YAML, Broker, Database, TopicReader, Worker, command, produce_tracked,
+from harness import (CONFIG_YAML, Database, TopicReader, Worker, command, make_broker, produce_tracked,
                      wait_for)
+
+# One test body, two brokers: DEDUP_E2E_BROKER=dev (default) or kafka (harness.make_broker).
+setUpModule = harness.start_shared_broker
+tearDownModule = harness.stop_shared_broker
 
 COMMANDS = "commands"
 RESULTS = "commands.results"
@@ -51,7 +55,7 @@ class E2ETestCase(unittest.TestCase):
         warnings.filterwarnings("ignore", category=ResourceWarning, message=r"unclosed file .*bootstrap")
         harness.worker_bin()                    # fails (never skips) without the environment
         harness.require_env("DEDUP_TEST_DB")
-        self.broker = self.enterContext(Broker())
+        self.broker = self.enterContext(make_broker())
         self.db = self.enterContext(Database())
         self.results = self.enterContext(TopicReader(self.broker.bootstrap, RESULTS))
         self.workers = []

@@ -27,8 +27,12 @@ import uuid
 import warnings
 
 import harness
-from harness import (Broker, Database, PrivatePostgres, TopicReader, Worker, command, http_status,
+from harness import (Database, PrivatePostgres, TopicReader, Worker, command, http_status, make_broker,
                      produce_tracked, wait_for)
+
+# One test body, two brokers: DEDUP_E2E_BROKER=dev (default) or kafka (harness.make_broker).
+setUpModule = harness.start_shared_broker
+tearDownModule = harness.stop_shared_broker
 
 COMMANDS = "commands"
 RESULTS = "commands.results"
@@ -125,7 +129,7 @@ class RobustnessCase(unittest.TestCase):
         warnings.filterwarnings("ignore", category=ResourceWarning, message=r"unclosed file .*bootstrap")
         harness.worker_bin()                    # fails (never skips) without the environment
         harness.require_env("DEDUP_TEST_DB")
-        self.broker = self.enterContext(Broker())
+        self.broker = self.enterContext(make_broker())
         self.results = self.enterContext(TopicReader(self.broker.bootstrap, RESULTS))
         self.workers = []
         self.started = time.time()

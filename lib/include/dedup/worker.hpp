@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "dedup/backoff.hpp"
 #include "dedup/kafka/handles.hpp"
 #include "dedup/observer.hpp"
 #include "dedup/processor.hpp"
@@ -90,6 +91,9 @@ class Worker {
   // Serves the consumer for the backoff of `attempt` (or less, when stopping). Then drops records
   // of revoked partitions from `batch`.
   void back_off(int attempt, std::vector<InboundRecord>& batch);
+  // Throws a fatal kafka::KafkaError when a client reported an authentication, TLS or
+  // authorization error and no partition was ever assigned: start-up cannot succeed.
+  void stop_if_kafka_refuses_access() const;
   // Drops the records of `batch` that were not read under their partition's current assignment.
   void drop_unowned(std::vector<InboundRecord>& batch);
   // Writes one result per record and a dead letter per rejected one, waiting for every
@@ -107,6 +111,7 @@ class Worker {
   WorkerOptions options_;
   Processor& processor_;
   Observer& observer_;
+  Backoff backoff_;
   std::unique_ptr<kafka::Consumer> consumer_;
   std::unique_ptr<kafka::Producer> producer_;
 

@@ -89,6 +89,12 @@ void warn_if_key_ttl_below_retention(const std::string& brokers, const KafkaSett
               {{"topic", topic},
                {"key_ttl", format_duration(key_ttl)},
                {"retention", format_duration(*retention.value)}});
+  } else {
+    // Said once at start-up, so that an operator (and the real-Kafka test) can see the check ran.
+    log_event(LogLevel::info, "--key-ttl exceeds the commands topic's retention",
+              {{"topic", topic},
+               {"key_ttl", format_duration(key_ttl)},
+               {"retention", format_duration(*retention.value)}});
   }
 }
 

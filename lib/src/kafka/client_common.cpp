@@ -71,7 +71,21 @@ ConfPtr build_conf(const KafkaSettings& defaults, const KafkaSettings& settings,
   return conf;
 }
 
-void report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char* reason) noexcept {
+bool is_access_error(rd_kafka_resp_err_t code) noexcept {
+  switch (code) {
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char* reason) noexcept {
   try {
     const auto code = static_cast<rd_kafka_resp_err_t>(err);
     // Transport errors (broker restarted, idle connection closed) are routine and librdkafka
@@ -82,9 +96,11 @@ void report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char
     spdlog::log(routine ? spdlog::level::debug : spdlog::level::warn, "kafka {}: {}: {}",
                 rd_kafka_name(rk), rd_kafka_err2name(code), reason);
     observer.on_kafka_error(rd_kafka_err2name(code));
+    return is_access_error(code);
   } catch (...) {
     // Called from librdkafka; nothing may escape.
   }
+  return false;
 }
 
 }  // namespace dedup::kafka::detail

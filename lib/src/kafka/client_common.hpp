@@ -22,8 +22,12 @@ struct Forced {
 ConfPtr build_conf(const KafkaSettings& defaults, const KafkaSettings& settings,
                    std::initializer_list<Forced> forced);
 
-// Logs and reports an error raised by librdkafka's error callback. Fatal errors are only logged
-// here; the worker loop sees them through throw_if_fatal and stops.
-void report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char* reason) noexcept;
+// Authentication, TLS and authorization errors (a wrong password, an untrusted CA, a missing ACL):
+// librdkafka retries them forever, but retrying does not cure them.
+bool is_access_error(rd_kafka_resp_err_t code) noexcept;
+
+// Logs and reports an error raised by librdkafka's error callback; returns is_access_error().
+// Fatal errors are only logged here; the worker loop sees them through throw_if_fatal and stops.
+bool report_client_error(rd_kafka_t* rk, Observer& observer, int err, const char* reason) noexcept;
 
 }  // namespace dedup::kafka::detail

@@ -99,7 +99,10 @@ Consumer::Consumer(const ConsumerOptions& options, Observer& observer) : observe
   rd_kafka_conf_set_rebalance_cb(conf.get(), &Consumer::on_rebalance);
   rd_kafka_conf_set_error_cb(
       conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
-        detail::report_client_error(rk, static_cast<Consumer*>(self)->observer_, err, reason);
+        auto* client = static_cast<Consumer*>(self);
+        if (detail::report_client_error(rk, client->observer_, err, reason)) {
+          client->access_error_.note(err, reason);
+        }
       });
   handle_ = make_handle(RD_KAFKA_CONSUMER, std::move(conf));
   // Error and log events are then served by consumer_poll, on the worker thread.

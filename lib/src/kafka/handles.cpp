@@ -85,4 +85,10 @@ void throw_if_fatal(rd_kafka_t* rk) {
   }
 }
 
+void AccessError::note(int err, const char* reason) {
+  if (!message_.empty()) return;  // the first one says what is wrong
+  message_ = std::string(rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err))) + ": " +
+             (reason ? reason : "");
+}
+
 }  // namespace dedup::kafka

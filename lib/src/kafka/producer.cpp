@@ -83,7 +83,10 @@ Producer::Producer(const ProducerOptions& options, Observer& observer) : observe
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
   rd_kafka_conf_set_error_cb(
       conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
-        detail::report_client_error(rk, static_cast<Producer*>(self)->observer_, err, reason);
+        auto* client = static_cast<Producer*>(self);
+        if (detail::report_client_error(rk, client->observer_, err, reason)) {
+          client->access_error_.note(err, reason);
+        }
       });
   handle_ = make_handle(RD_KAFKA_PRODUCER, std::move(conf));
 }

@@ -23,16 +23,6 @@ constexpr milliseconds kServeSlice{100};
 constexpr const char* kFailpoints[] = {"after_db_commit", "after_results_acked",
                                        "before_offset_commit"};
 
-// The backoff before retry number `attempt` (0-based): exponential, capped, and randomized to
-// [50%, 100%] so that workers that failed together do not retry together.
-milliseconds backoff_delay(int attempt, milliseconds initial, milliseconds cap) {
-  const int shift = std::min(attempt, 20);
-  const auto full = std::min<milliseconds::rep>(cap.count(), initial.count() << shift);
-  thread_local std::minstd_rand random{std::random_device{}()};
-  std::uniform_int_distribution<milliseconds::rep> jitter(full / 2, full);
-  return milliseconds(jitter(random));
-}
-
 double end_to_end_seconds(const InboundRecord& record) {
   if (!record.timestamp_ms) return -1.0;
   const auto now_ms =
@@ -48,7 +38,10 @@ constexpr std::size_t kFramingAllowance = 4096;
 }  // namespace
 
 Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
-    : options_(std::move(options)), processor_(processor), observer_(observer) {
+    : options_(std::move(options)),
+      processor_(processor),
+      observer_(observer),
+      backoff_(options_.backoff_initial, options_.backoff_max) {
   if (options_.brokers.empty()) throw ConfigError("--brokers", "is required");
   if (options_.commands_topic.empty()) throw ConfigError("--commands-topic", "must not be empty");
   if (options_.results_topic.empty()) options_.results_topic = options_.commands_topic + ".results";
@@ -129,6 +122,7 @@ int Worker::run() {
       producer_->poll();
       std::vector<InboundRecord> batch = consumer_->poll_batch(
           options_.max_batch_records, options_.max_batch_bytes, options_.max_batch_wait);
+      stop_if_kafka_refuses_access();
       drop_unowned(batch);
       if (batch.empty()) continue;
       if (handle_batch(batch) == BatchOutcome::abandoned) break;
@@ -224,8 +218,7 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
 }
 
 void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
-  const auto end =
-      SteadyClock::now() + backoff_delay(attempt, options_.backoff_initial, options_.backoff_max);
+  const auto end = SteadyClock::now() + backoff_.delay(attempt);
   for (;;) {
     note_stop();
     const auto until = stop_requested_.load() ? std::min(end, drain_deadline_) : end;
@@ -233,9 +226,23 @@ void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
     if (left <= milliseconds::zero()) break;
     consumer_->serve(std::min(left, kServeSlice));
     producer_->poll();
+    stop_if_kafka_refuses_access();
     maybe_report_lag();  // lag grows during an outage: that is exactly when it must be seen
   }
   drop_unowned(batch);
+}
+
+void Worker::stop_if_kafka_refuses_access() const {
+  // librdkafka retries a failed login or TLS handshake forever; a worker that never got a
+  // partition would wait forever with it. Once it has worked, the same errors are taken as
+  // passing (a broker's certificate being rotated) and only counted.
+  if (consumer_->ever_assigned()) return;
+  for (const std::string* error : {&consumer_->access_error(), &producer_->access_error()}) {
+    if (!error->empty()) {
+      throw kafka::KafkaError("Kafka refuses access (credentials, TLS trust or ACLs): " + *error,
+                              RD_KAFKA_RESP_ERR__AUTHENTICATION, /*fatal=*/true);
+    }
+  }
 }
 
 void Worker::drop_unowned(std::vector<InboundRecord>& batch) {

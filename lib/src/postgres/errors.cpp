@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "dedup/config.hpp"
 #include "internal.hpp"
 
 namespace dedup::pg {
@@ -72,14 +73,7 @@ std::string to_pg_timestamp(Timestamp t) {
 }
 
 std::string with_schema(std::string_view sql, std::string_view schema) {
-  const std::string quoted = [&] {
-    std::string q = "\"";
-    for (char c : schema) {
-      if (c == '"') q += '"';
-      q += c;
-    }
-    return q + "\"";
-  }();
+  const std::string quoted = quote_identifier(schema);
   std::string out;
   out.reserve(sql.size() + 32);
   constexpr std::string_view kPlaceholder = "{schema}";

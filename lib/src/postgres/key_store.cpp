@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "dedup/backoff.hpp"
 #include "dedup/json_text.hpp"
 #include "dedup/observer.hpp"
 #include "dedup/postgres.hpp"
@@ -416,7 +417,6 @@ struct PostgresKeyStore::Impl {
   Observer* observer;
   std::unique_ptr<pqxx::connection> connection;
   std::size_t retried = 0;
-  std::mt19937_64 random{std::random_device{}()};
 
   Impl(PostgresOptions opts, const CommandCatalog& cat, Observer* obs)
       : options(std::move(opts)), catalog(cat), observer(obs) {}
@@ -497,13 +497,10 @@ struct PostgresKeyStore::Impl {
   void reject_refused_reuses(std::span<const Command> commands,
                              std::vector<CommandResult>& results, Timestamp now);
 
-  void backoff(int attempt) {
-    // Deadlocks and serialization failures clear up fastest when the losers do not come back in
-    // lockstep: jittered exponential backoff from 5 ms, capped at 1 s.
-    const double base = std::min(1000.0, 5.0 * std::pow(2.0, attempt - 1));
-    std::uniform_real_distribution<double> jitter(0.5, 1.5);
-    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(base * jitter(random)));
-  }
+  // Deadlocks and serialization failures clear up fastest when the losers do not come back in
+  // lockstep: jittered exponential backoff from 5 ms, capped at 1 s.
+  Backoff retry_delay{std::chrono::milliseconds(5), std::chrono::seconds(1)};
+  void backoff(int attempt) { std::this_thread::sleep_for(retry_delay.delay(attempt - 1)); }
 };
 
 void PostgresKeyStore::Impl::check_schema_and_tables() {

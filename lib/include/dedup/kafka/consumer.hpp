@@ -100,6 +100,10 @@ class Consumer {
 
   // Number of partitions currently assigned. Thread-safe (read by /readyz).
   std::size_t assigned_count() const noexcept { return assigned_count_.load(); }
+  // Whether any partition was ever assigned: the group and the brokers were reachable once.
+  bool ever_assigned() const noexcept { return assignments_made_ > 0; }
+  // The first authentication, TLS or authorization error reported, or "".
+  const std::string& access_error() const noexcept { return access_error_.message(); }
 
   // Reports high watermark - position for every assigned partition to the observer, from
   // librdkafka's cached watermarks (no broker round trip). Never throws.
@@ -134,6 +138,7 @@ class Consumer {
   std::deque<InboundRecord> stash_;  // fetched but not yet handed out, in fetch order
   bool paused_ = false;
   bool closed_ = false;
+  AccessError access_error_;
 };
 
 }  // namespace dedup::kafka

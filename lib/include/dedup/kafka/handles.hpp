@@ -93,6 +93,17 @@ using KafkaSettings = std::map<std::string, std::string, std::less<>>;
 // A Kafka failure the caller cannot treat as business as usual: a handle that cannot be created,
 // a fatal error raised by librdkafka (producer fenced, idempotence guarantee broken), a subscribe
 // that is refused. Per-message delivery failures and failed commits are values, not this.
+// The first access error (authentication, TLS, authorization) a client reported, for the worker
+// to stop on when it never got going (kafka::Consumer::access_error).
+class AccessError {
+ public:
+  void note(int err, const char* reason);
+  const std::string& message() const noexcept { return message_; }
+
+ private:
+  std::string message_;
+};
+
 class KafkaError : public Error {
  public:
   KafkaError(const std::string& what, rd_kafka_resp_err_t code, bool fatal = false)

@@ -72,6 +72,9 @@ class Producer {
 
   rd_kafka_t* handle() const noexcept { return handle_.get(); }
 
+  // The first authentication, TLS or authorization error reported, or "".
+  const std::string& access_error() const noexcept { return access_error_.message(); }
+
   // The producer's message.max.bytes: no record larger than this can be written.
   std::size_t max_message_bytes() const;
 
@@ -81,6 +84,7 @@ class Producer {
 
   Observer& observer_;
   HandlePtr handle_;
+  AccessError access_error_;
 };
 
 }  // namespace dedup::kafka
