@@ -54,7 +54,7 @@ std::optional<nlohmann::json> inspect_key(const std::string& conninfo, const std
       FROM {schema}.idempotency_keys WHERE scope = $1 AND idempotency_key = $2)SQL", schema),
                                       scope, key);
     if (rows.empty()) return std::nullopt;
-    auto parsed = parse_json(rows[0][0].c_str(), JsonParseLimits{.max_depth = 4096});
+    auto parsed = parse_json(rows[0][0].c_str(), JsonParseLimits{.max_depth = 512});
     if (auto* problem = std::get_if<std::string>(&parsed)) {
       throw PermanentDatabaseError("inspect: stored row is not readable JSON: " + *problem, "");
     }

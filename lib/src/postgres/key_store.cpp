@@ -312,11 +312,14 @@ bool is_record_fault(const std::string& sqlstate) {
 }
 
 // JSON that Postgres produced (to_jsonb of an entity row, a stored result): numbers kept exactly.
-// Postgres's own nesting limit is far deeper than any payload's (64 levels), so this is generous.
+// Payloads nest at most 64 levels, so a table-mode entity stays far below this bound; only an SQL
+// statement that builds deeper JSON reaches it, and that command is then refused (a record fault:
+// SQLSTATE DD002, our own), rather than recursing without bound.
+constexpr std::size_t kStoredJsonDepth = 512;
 json parse_stored_json(const char* text) {
-  auto parsed = parse_json(text, JsonParseLimits{.max_depth = 4096});
+  auto parsed = parse_json(text, JsonParseLimits{.max_depth = kStoredJsonDepth});
   if (auto* problem = std::get_if<std::string>(&parsed)) {
-    throw PermanentDatabaseError("Postgres returned JSON that cannot be read: " + *problem, "");
+    throw PermanentDatabaseError("Postgres returned JSON that cannot be read: " + *problem, "DD002");
   }
   return std::move(std::get<json>(parsed));
 }
