@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+#include <cstdlib>
+
 #include "dedup/json_text.hpp"
 #include "input_formats.hpp"
 
@@ -103,6 +106,31 @@ std::string_view to_string(RejectCode code) noexcept {
   return "unknown";
 }
 
+// Natural keys stay what they were before v1.1 (a record read before an upgrade and again after
+// it must find its own key, or it is claimed anew and writes a second entity): in the key
+// material, a number with a fraction or exponent is written as before, as the shortest text of
+// its double (nlohmann's strtod), when that is finite; other numbers (integers beyond 64 bits,
+// 1e400: refused before v1.1, so no old key exists) as written.
+static json legacy_numbers(const json& value) {
+  if (is_exact_number(value)) {
+    const std::string text(exact_number_text(value));
+    if (text.find_first_of(".eE") == std::string::npos) return value;
+    const double number = std::strtod(text.c_str(), nullptr);  // the "C" locale: '.'
+    return std::isfinite(number) ? json(number) : value;
+  }
+  if (value.is_array()) {
+    json out = json::array();
+    for (const auto& element : value) out.push_back(legacy_numbers(element));
+    return out;
+  }
+  if (value.is_object()) {
+    json out = json::object();
+    for (const auto& [name, member] : value.items()) out[name] = legacy_numbers(member);
+    return out;
+  }
+  return value;
+}
+
 std::variant<std::string, Rejection> derive_natural_key(const CommandType& type,
                                                         const json& payload) {
   json material = json::array({type.name});
@@ -114,7 +142,7 @@ std::variant<std::string, Rejection> derive_natural_key(const CommandType& type,
                                 "type '{}' is missing from the payload",
                                 field, type.name));
     }
-    material.push_back(*it);
+    material.push_back(legacy_numbers(*it));
   }
   return "nk:" + to_hex(sha256(canonical_json(material)));
 }

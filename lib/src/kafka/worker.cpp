@@ -34,6 +34,10 @@ double end_to_end_seconds(const InboundRecord& record) {
 // librdkafka checks key + value + headers plus its framing against message.max.bytes; this much
 // is left for the framing (a few dozen bytes per record and header).
 constexpr std::size_t kFramingAllowance = 4096;
+// The largest cut-down record (dedup/outbound.hpp) is a dead letter: 4 KiB of value, 1 KiB of
+// key, up to 16 KiB of original headers, ~1.5 KiB of its own; a result without its entity is
+// smaller. Below this, some records could never be written and their batch would retry forever.
+constexpr std::size_t kMinMessageMaxBytes = 64 * 1024;
 
 }  // namespace
 
@@ -81,6 +85,11 @@ Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
 
   producer_ = std::make_unique<kafka::Producer>(
       kafka::ProducerOptions{options_.brokers, options_.kafka_settings}, observer_);
+  if (producer_->max_message_bytes() < kMinMessageMaxBytes) {
+    throw ConfigError("-X message.max.bytes",
+                      "must be at least " + std::to_string(kMinMessageMaxBytes) +
+                          ": a cut-down dead letter needs up to ~24 KiB");
+  }
   consumer_ = std::make_unique<kafka::Consumer>(
       kafka::ConsumerOptions{
           options_.brokers, options_.group, {options_.commands_topic}, options_.kafka_settings},
@@ -284,18 +293,29 @@ kafka::BatchDelivery Worker::publish(const std::vector<InboundRecord>& batch,
 
   kafka::BatchDelivery delivery = producer_->send_batch(outbound, deadline);
   if (delivery.ok() || delivery.too_large.size() != delivery.failed) return delivery;
-  // Every failure was a record too large for the broker (its topic's max.message.bytes is below
-  // the producer's limit): a property of those records, so they go out cut down, now, instead of
-  // failing the batch forever. The cut-down form of a record is always the same, so a replay
-  // after a crash publishes the same thing.
-  std::vector<OutboundRecord> compacted;
-  for (const auto index : delivery.too_large) compacted.push_back(build(origins[index], true));
-  spdlog::warn("{} record(s) refused by Kafka as too large; writing them cut down "
-               "(docs/contract.md §2-3)",
-               compacted.size());
-  kafka::BatchDelivery retry = producer_->send_batch(compacted, deadline);
-  retry.delivered += delivery.delivered;
-  return retry;
+  // Every failure was "too large". A topic's max.message.bytes limits a whole record batch, so a
+  // record may have been refused only for the company it was batched with: each one is sent
+  // again alone, whole, and cut down only if refused alone. Whether a record is cut down then
+  // depends on that record only, and a replay publishes the same thing.
+  kafka::BatchDelivery outcome{delivery.delivered, 0, {}, {}};
+  std::size_t compacted = 0;
+  for (const auto index : delivery.too_large) {
+    kafka::BatchDelivery alone = producer_->send_batch(std::span(&outbound[index], 1), deadline);
+    if (!alone.ok() && alone.too_large.size() == alone.failed) {
+      const OutboundRecord cut = build(origins[index], /*compact=*/true);
+      alone = producer_->send_batch(std::span(&cut, 1), deadline);
+      ++compacted;
+    }
+    outcome.delivered += alone.delivered;
+    outcome.failed += alone.failed;
+    if (outcome.first_error.empty()) outcome.first_error = alone.first_error;
+  }
+  if (compacted > 0) {
+    spdlog::warn("{} record(s) refused by Kafka as too large on their own; written cut down "
+                 "(docs/contract.md §2-3)",
+                 compacted);
+  }
+  return outcome;
 }
 
 void Worker::warn_about_missing_topics() {

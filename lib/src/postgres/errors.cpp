@@ -37,6 +37,12 @@ FailureKind classify_sqlstate(std::string_view sqlstate) noexcept {
   return FailureKind::record;
 }
 
+std::string sqlstate_of(const pqxx::sql_error& e) {
+  if (!e.sqlstate().empty()) return e.sqlstate();
+  if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr) return "42501";
+  return {};
+}
+
 void rethrow_classified(std::string_view context) {
   try {
     throw;
@@ -47,7 +53,7 @@ void rethrow_classified(std::string_view context) {
   } catch (const pqxx::broken_connection& e) {
     throw TransientDatabaseError(fmt::format("{}: connection lost: {}", context, e.what()), "08006");
   } catch (const pqxx::sql_error& e) {
-    const std::string& state = e.sqlstate();
+    const std::string state = sqlstate_of(e);
     const auto message = fmt::format("{}: {} (SQLSTATE {})", context, e.what(), state);
     if (classify_sqlstate(state) == FailureKind::transient) {
       throw TransientDatabaseError(message, state);

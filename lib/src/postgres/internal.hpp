@@ -26,6 +26,10 @@ enum class FailureKind { transient, record, configuration };
 // raises, count as the record's). No SQLSTATE at all means the connection was lost: transient.
 FailureKind classify_sqlstate(std::string_view sqlstate) noexcept;
 
+// e.sqlstate(), or the SQLSTATE libpqxx 6.4 leaves out: it throws insufficient_privilege (42501)
+// without it, and an empty SQLSTATE reads as "connection lost" (transient: retried forever).
+std::string sqlstate_of(const pqxx::sql_error& e);
+
 // Rethrows the exception in flight (must be called from a catch block) as TransientDatabaseError
 // or PermanentDatabaseError (record and configuration faults: the caller tells them apart with
 // classify_sqlstate(e.sqlstate())), keeping the message and SQLSTATE. pqxx::broken_connection and

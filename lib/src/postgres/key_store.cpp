@@ -278,6 +278,7 @@ struct EntityOutcome {
   json error;           // conflict: {"code", "message", "constraint", "sqlstate"}
   std::string reason;   // invalid: why Postgres refused the payload
   bool stored = false;  // the bulk statement already wrote the result into the key row
+  std::string deployment_suspect;  // invalid with a configuration-class SQLSTATE: re-check first
 };
 
 // A set of claimed commands that share one INSERT statement.
@@ -309,6 +310,13 @@ constexpr int kFastPathCooldownBatches = 8;
 // statement is redone in a way that finds the command at fault.
 bool is_record_fault(const std::string& sqlstate) {
   return pg::classify_sqlstate(sqlstate) == pg::FailureKind::record;
+}
+
+// Not transient: a statement over many records that fails so is redone in a way that pins the
+// error on one record. A configuration-class error can be one record's too (a row-level security
+// WITH CHECK: 42501; a regclass value naming no table: 42P01); the deployment is re-checked then.
+bool may_be_records(const std::string& sqlstate) {
+  return pg::classify_sqlstate(sqlstate) != pg::FailureKind::transient;
 }
 
 // JSON that Postgres produced (to_jsonb of an entity row, a stored result): numbers kept exactly.
@@ -387,8 +395,8 @@ EntityOutcome outcome_of_answer(const json& answer) {
     case pg::FailureKind::transient:
       throw TransientDatabaseError("writing an entity: " + message, state);
     case pg::FailureKind::configuration:
-      throw PermanentDatabaseError("writing an entity: " + message + " (SQLSTATE " + state + ")",
-                                   state);
+      outcome.deployment_suspect = state;  // the caller re-checks the deployment
+      break;
     case pg::FailureKind::record:
       break;
   }
@@ -444,7 +452,24 @@ struct PostgresKeyStore::Impl {
     return *connection;
   }
 
-  void check_schema_and_tables();
+  void check_schema_and_tables() { check_deployment(conn()); }
+  void check_deployment(pqxx::connection& c);
+  // A write was refused with a configuration-class SQLSTATE: if the start-up checks still pass
+  // (on a connection of their own: this one is mid-transaction), the record is at fault and its
+  // refusal stands; if not, the deployment changed: PermanentDatabaseError (exit 1).
+  void verify_deployment(const std::vector<EntityOutcome>& outcomes) {
+    const auto suspect = std::find_if(outcomes.begin(), outcomes.end(), [](const EntityOutcome& o) {
+      return !o.deployment_suspect.empty();
+    });
+    if (suspect == outcomes.end()) return;
+    auto fresh = pg::connect(options.conninfo);
+    try {
+      check_deployment(*fresh);
+    } catch (const ConfigError& e) {
+      throw PermanentDatabaseError(std::string("the deployment changed: ") + e.what(),
+                                   suspect->deployment_suspect);
+    }
+  }
   // Groups (EntityGroup::identity) whose bulk statement was refused in this apply(): they go row
   // by row on the retry.
   std::unordered_set<std::string> per_row_groups;
@@ -506,8 +531,7 @@ struct PostgresKeyStore::Impl {
   void backoff(int attempt) { std::this_thread::sleep_for(retry_delay.delay(attempt - 1)); }
 };
 
-void PostgresKeyStore::Impl::check_schema_and_tables() {
-  auto& c = conn();
+void PostgresKeyStore::Impl::check_deployment(pqxx::connection& c) {
   try {
     pqxx::read_transaction txn(c);
     const auto table = pg::with_schema("{schema}.schema_migrations", options.schema);
@@ -564,7 +588,7 @@ void PostgresKeyStore::Impl::check_schema_and_tables() {
       txn.exec("PREPARE dedup_config_check(jsonb) AS " + type.sql);
       txn.exec("DEALLOCATE dedup_config_check");
     } catch (const pqxx::sql_error& e) {
-      if (pg::classify_sqlstate(e.sqlstate()) != pg::FailureKind::transient) {
+      if (pg::classify_sqlstate(pg::sqlstate_of(e)) != pg::FailureKind::transient) {
         throw ConfigError("commands." + type.name + ".sql",
                           fmt::format("Postgres refuses the statement: {}", e.what()));
       }
@@ -647,7 +671,7 @@ std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
       try {
         rows = txn.exec_params(group.bulk_sql, payloads, keys);
       } catch (const pqxx::sql_error& e) {
-        if (is_record_fault(e.sqlstate())) throw BulkRefused{group.identity};
+        if (may_be_records(pg::sqlstate_of(e))) throw BulkRefused{group.identity};
         throw;
       }
       const auto expected = group.commands.size();
@@ -687,7 +711,7 @@ void PostgresKeyStore::Impl::write_group_per_row(
         group.per_row_sql);
     attempt.release();
   } catch (const pqxx::sql_error& e) {
-    if (!is_record_fault(e.sqlstate())) throw;
+    if (!may_be_records(pg::sqlstate_of(e))) throw;
     for (const auto index : group.commands) {
       auto& outcome = outcomes[slot_of.at(index)];
       try {
@@ -697,11 +721,12 @@ void PostgresKeyStore::Impl::write_group_per_row(
         alone.release();
         outcome = outcome_of_answer(parse_stored_json(row[0].c_str()));
       } catch (const pqxx::sql_error& refused) {
-        if (!is_record_fault(refused.sqlstate())) throw;
+        const auto state = pg::sqlstate_of(refused);
+        if (!may_be_records(state)) throw;
         outcome.kind = EntityOutcome::Kind::invalid;
-        outcome.reason = fmt::format(
-            "Postgres refused the payload: {} (SQLSTATE {})",
-            truncate_utf8(refused.what(), kMaxRejectionMessageBytes), refused.sqlstate());
+        outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})",
+                                     truncate_utf8(refused.what(), kMaxRejectionMessageBytes), state);
+        if (!is_record_fault(state)) outcome.deployment_suspect = state;
       }
     }
     return;
@@ -741,6 +766,7 @@ void PostgresKeyStore::Impl::reject_refused_reuses(std::span<const Command> comm
   pqxx::work txn(conn());
   const auto outcomes = write_per_row(txn, commands, reused);
   txn.abort();
+  verify_deployment(outcomes);
   for (std::size_t slot = 0; slot < reused.size(); ++slot) {
     if (outcomes[slot].kind != EntityOutcome::Kind::invalid) continue;
     results[reused[slot]] = rejected_by_postgres(commands[reused[slot]], outcomes[slot], now);
@@ -859,9 +885,8 @@ FROM guard)SQL";
   try {
     rows = txn.exec_prepared(prepared->second, input, now_text, expires_text);
   } catch (const pqxx::sql_error& e) {
-    if (e.sqlstate() == kFastPathRefusedState || is_record_fault(e.sqlstate())) {
-      throw FastPathRefused{};
-    }
+    const auto state = pg::sqlstate_of(e);
+    if (state == kFastPathRefusedState || may_be_records(state)) throw FastPathRefused{};
     throw;
   }
   // The guard's own row. Its presence proves that the guard ran, whatever plan Postgres chose:
@@ -910,8 +935,9 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
   std::vector<std::size_t> pending(commands.size());
   std::iota(pending.begin(), pending.end(), std::size_t{0});
 
+  int idle_rounds = 0;  // consecutive rounds that answered no command (concurrent re-claims)
   for (int round = 0; !pending.empty(); ++round) {
-    if (round == kMaxRounds) {
+    if (idle_rounds == kMaxRounds) {
       throw TransientDatabaseError("key rows kept changing under the batch; retrying", "");
     }
     // Leaders: the first pending command of every key that is not settled yet.
@@ -985,6 +1011,7 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
       // 3. write the entities, 4. store the final results
       // The claim-first protocol always runs in a pqxx::work (apply()).
       const auto outcomes = write_entities(dynamic_cast<pqxx::dbtransaction&>(txn), commands, claimed);
+      verify_deployment(outcomes);
       json stored_rows = json::array();
       json forgotten = json::array();
       for (std::size_t slot = 0; slot < claimed.size(); ++slot) {
@@ -1034,6 +1061,9 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
                                           it->second.source == commands[i].source &&
                                           cross_scope.contains(ids[i]);
     }
+    // A round in which a leader was refused answers it: such rounds always make progress and
+    // may be as many as the batch has commands of one key (a client resending a refused command).
+    idle_rounds = still_pending.size() < pending.size() ? 0 : idle_rounds + 1;
     pending = std::move(still_pending);
   }
 
@@ -1048,6 +1078,12 @@ PostgresKeyStore::PostgresKeyStore(PostgresOptions options, const CommandCatalog
     : impl_(std::make_unique<Impl>(std::move(options), catalog, observer)) {
   if (impl_->options.key_ttl <= std::chrono::seconds::zero()) {
     throw ConfigError("--key-ttl", "must be positive");
+  }
+  // now + key_ttl must stay a timestamp (microseconds since 1970 overflow int64 after ~292,000
+  // years; Postgres stops at year 294276): an overflowed expires_at can lie in the past, and
+  // every key would be born expired.
+  if (impl_->options.key_ttl > std::chrono::days(36500)) {
+    throw ConfigError("--key-ttl", "must be at most 36500d (100 years)");
   }
   if (impl_->options.max_attempts < 1) throw ConfigError("max_attempts", "must be at least 1");
   impl_->check_schema_and_tables();
