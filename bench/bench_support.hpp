@@ -1,15 +1,20 @@
-// What both benchmark programs share: flags, a fresh schema per measurement, the command body.
+// What both benchmark programs share: flags, a fresh schema per measurement, the command body,
+// and the raw Postgres limit the figures are compared with.
 #pragma once
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "dedup/fingerprint.hpp"
 #include "dedup/postgres.hpp"
 
 namespace dedup::bench {
@@ -63,6 +68,50 @@ inline nlohmann::json command_body(int i) {
 
 inline std::string todo_catalog_yaml(const std::string& schema) {
   return "commands:\n  todo.create:\n    table: " + schema + ".todos\n";
+}
+
+// The raw limit: per batch, one multi-row INSERT ... ON CONFLICT DO NOTHING of the final key rows
+// (with their result) and one of the entity rows, in one transaction. Statements are built before
+// the clock starts, so only Postgres (and the wire) is measured.
+inline std::vector<std::string> raw_statements(const std::string& schema, int count, int batch,
+                                               pqxx::connection& c) {
+  std::vector<std::string> statements;
+  pqxx::nontransaction quoter(c);
+  for (int start = 0; start < count; start += batch) {
+    std::string keys = "INSERT INTO " + schema +
+                       ".idempotency_keys (scope, idempotency_key, command_type, fingerprint, status, "
+                       "result, created_at, expires_at, source_topic, source_partition, "
+                       "source_offset) VALUES ";
+    std::string todos = "INSERT INTO " + schema + ".todos (id, title, description) VALUES ";
+    for (int i = start; i < std::min(count, start + batch); ++i) {
+      const auto body = command_body(i);
+      const auto fingerprint = dedup::to_hex(dedup::command_fingerprint("todo.create", body["payload"]));
+      nlohmann::json entity = body["payload"];
+      entity["id"] = i + 1;
+      const char* sep = i == start ? "" : ",";
+      keys += fmt::format(
+          "{}({},{},'todo.create',decode('{}','hex'),'created',{}::jsonb,now(),"
+          "now()+interval '7 days','commands',0,{})",
+          sep, quoter.quote(body["scope"].get<std::string>()), quoter.quote(key_of(i)), fingerprint,
+          quoter.quote(nlohmann::json{{"entity", entity}, {"error", nullptr}}.dump()), i);
+      todos += fmt::format("{}({},{},{})", sep, i + 1, quoter.quote(entity["title"].get<std::string>()),
+                           quoter.quote(entity["description"].get<std::string>()));
+    }
+    statements.push_back(keys + " ON CONFLICT DO NOTHING; " + todos + " ON CONFLICT DO NOTHING");
+  }
+  return statements;
+}
+
+// Seconds raw Postgres takes for statements[from, to), one transaction each.
+inline double time_raw(pqxx::connection& c, const std::vector<std::string>& statements, std::size_t from,
+                       std::size_t to) {
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t i = from; i < to; ++i) {
+    pqxx::work txn(c);
+    txn.exec(statements[i]);
+    txn.commit();
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace dedup::bench

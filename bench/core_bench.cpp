@@ -18,7 +18,6 @@
 
 namespace {
 
-using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 // Sums the time spent inside KeyStore::apply, to split client-side work from the database's.
@@ -54,7 +53,9 @@ Options parse_args(int argc, char** argv) {
 using dedup::bench::command_body;
 using dedup::bench::exec;
 using dedup::bench::key_of;
+using dedup::bench::raw_statements;
 using dedup::bench::reset_schema;
+using dedup::bench::time_raw;
 
 // Records for `count` commands; `round` shifts the offsets so a second round is a different
 // record carrying the same key (a duplicate, not a redelivery).
@@ -81,51 +82,6 @@ double time_core(dedup::Processor& processor, const std::vector<dedup::InboundRe
         throw std::runtime_error("unexpected result: " + result.to_json().dump());
       }
     }
-  }
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The raw limit: per batch, one multi-row INSERT ... ON CONFLICT DO NOTHING of the final key rows
-// (with their result) and one of the entity rows, in one transaction. Statements are built before
-// the clock starts, so only Postgres (and the wire) is measured.
-std::vector<std::string> raw_statements(const std::string& schema, int count, int batch,
-                                        pqxx::connection& c) {
-  std::vector<std::string> statements;
-  pqxx::nontransaction quoter(c);
-  for (int start = 0; start < count; start += batch) {
-    std::string keys = "INSERT INTO " + schema +
-                       ".idempotency_keys (scope, idempotency_key, command_type, fingerprint, status, "
-                       "result, created_at, expires_at, source_topic, source_partition, "
-                       "source_offset) VALUES ";
-    std::string todos = "INSERT INTO " + schema + ".todos (id, title, description) VALUES ";
-    for (int i = start; i < std::min(count, start + batch); ++i) {
-      const auto body = command_body(i);
-      const auto fingerprint =
-          dedup::to_hex(dedup::command_fingerprint("todo.create", body["payload"]));
-      json entity = body["payload"];
-      entity["id"] = i + 1;
-      const char* sep = i == start ? "" : ",";
-      keys += fmt::format(
-          "{}({},{},'todo.create',decode('{}','hex'),'created',{}::jsonb,now(),"
-          "now()+interval '7 days','commands',0,{})",
-          sep, quoter.quote(body["scope"].get<std::string>()), quoter.quote(key_of(i)), fingerprint,
-          quoter.quote(json{{"entity", entity}, {"error", nullptr}}.dump()), i);
-      todos += fmt::format("{}({},{},{})", sep, i + 1, quoter.quote(entity["title"].get<std::string>()),
-                           quoter.quote(entity["description"].get<std::string>()));
-    }
-    statements.push_back(keys + " ON CONFLICT DO NOTHING; " + todos + " ON CONFLICT DO NOTHING");
-  }
-  return statements;
-}
-
-// Seconds raw Postgres takes for statements[from, to).
-double time_raw(pqxx::connection& c, const std::vector<std::string>& statements, std::size_t from,
-                std::size_t to) {
-  const auto start = Clock::now();
-  for (std::size_t i = from; i < to; ++i) {
-    pqxx::work txn(c);
-    txn.exec(statements[i]);
-    txn.commit();
   }
   return std::chrono::duration<double>(Clock::now() - start).count();
 }

@@ -1,15 +1,21 @@
 // Worker benchmark: the real worker loop (Kafka in, one Postgres transaction per batch, results
-// out, offsets committed after acknowledgement) against librdkafka's mock cluster and a real
-// Postgres, beside the core-only rate of the same records measured in the same run. Prints one
-// `name: value` line per figure. Usage:
+// out, offsets committed after acknowledgement) against librdkafka's mock cluster in process, or
+// a real Kafka broker (--brokers), and a real Postgres; beside the core-only rate of the same
+// records and the raw Postgres limit (bench_support.hpp's raw_statements, at the worker's batch
+// size), measured in the same run. Prints one `name: value` line per figure. Usage:
 //   dedup_bench_worker --db CONNINFO [--commands 50000] [--partitions 1] [--latency-seconds 8]
+//                      [--brokers HOST:PORT --topic NAME --broker-name TEXT]
+// With --brokers, the topics NAME (--partitions partitions), NAME.results and NAME.dlq must exist
+// (bench/run creates them with scripts/kafka topic); without, the mock gets "commands" with
+// --partitions partitions and one-partition results and dead-letter topics.
 #include <fmt/format.h>
 #include <librdkafka/rdkafka.h>
 
 #include <algorithm>
 #include <atomic>
-#include <tuple>
 #include <chrono>
+#include <optional>
+#include <tuple>
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
@@ -40,6 +46,9 @@ struct Options {
   int partitions = 1;
   double latency_seconds = 8;
   std::size_t max_batch = 500;
+  std::string brokers;  // empty: librdkafka's mock cluster, in process
+  std::string topic = "commands";
+  std::string broker_name;
 };
 
 Options parse_args(int argc, char** argv) {
@@ -48,6 +57,9 @@ Options parse_args(int argc, char** argv) {
     if (flag == "--commands") options.commands = std::stoi(value);
     else if (flag == "--partitions") options.partitions = std::stoi(value);
     else if (flag == "--latency-seconds") options.latency_seconds = std::stod(value);
+    else if (flag == "--brokers") options.brokers = value;
+    else if (flag == "--topic") options.topic = value;
+    else if (flag == "--broker-name") options.broker_name = value;
     else return false;
     return true;
   });
@@ -59,8 +71,14 @@ class Recorder final : public dedup::Observer {
  public:
   void on_batch(std::size_t records) override {
     std::lock_guard lock(mutex_);
+    if (!first_batch_) first_batch_ = SteadyClock::now();
     ++batches_;
     batched_records_ += records;
+  }
+  // When the first batch was handed to the processor (nullopt: none yet).
+  std::optional<SteadyClock::time_point> first_batch() {
+    std::lock_guard lock(mutex_);
+    return first_batch_;
   }
   void on_store_transaction(double seconds) override {
     std::lock_guard lock(mutex_);
@@ -98,6 +116,7 @@ class Recorder final : public dedup::Observer {
   std::size_t batches_ = 0;
   std::size_t batched_records_ = 0;
   double store_seconds_ = 0;
+  std::optional<SteadyClock::time_point> first_batch_;
 };
 
 using dedup::bench::reset_schema;
@@ -135,7 +154,8 @@ class LoadProducer {
   dedup::kafka::HandlePtr handle_;
 };
 
-// Sum of the group's committed offsets on `topic` (each offset is one record in the mock).
+// Sum of the group's committed offsets on `topic` (each offset is one record: the load producer
+// is idempotent, not transactional, so there are no control records, in the mock or in Kafka).
 class CommittedOffsets {
  public:
   CommittedOffsets(const std::string& brokers, const std::string& group, std::string topic, int partitions)
@@ -168,10 +188,10 @@ double percentile(std::vector<double> values, double p) {
 // Produces values [from, to) of `value_of`, all at once; returns seconds until the group's
 // committed offsets reach `committed_target`.
 template <typename ValueOf>
-double burst(LoadProducer& producer, CommittedOffsets& committed, int from, int to,
+double burst(LoadProducer& producer, CommittedOffsets& committed, const std::string& topic, int from, int to,
              std::int64_t committed_target, ValueOf value_of) {
   const auto start = SteadyClock::now();
-  for (int i = from; i < to; ++i) producer.send("commands", value_of(i));
+  for (int i = from; i < to; ++i) producer.send(topic, value_of(i));
   producer.flush();
   while (committed.total() < committed_target) {
     if (SteadyClock::now() - start > 600s) throw std::runtime_error("the worker did not keep up");
@@ -182,8 +202,8 @@ double burst(LoadProducer& producer, CommittedOffsets& committed, int from, int 
 
 // Produces at `rate` per second for `seconds`; returns the latencies the worker reported.
 template <typename ValueOf>
-std::vector<double> paced(LoadProducer& producer, Recorder& recorder, double rate, double seconds,
-                          int first, ValueOf value_of) {
+std::vector<double> paced(LoadProducer& producer, Recorder& recorder, const std::string& topic, double rate,
+                          double seconds, int first, ValueOf value_of) {
   recorder.take_latencies();
   const std::size_t before = recorder.published();
   const int total = static_cast<int>(rate * seconds);
@@ -194,7 +214,7 @@ std::vector<double> paced(LoadProducer& producer, Recorder& recorder, double rat
   for (auto tick = start; sent < total; tick += 1ms) {
     std::this_thread::sleep_until(tick);
     const double due = rate * std::chrono::duration<double>(SteadyClock::now() - start).count();
-    for (; sent < total && sent < static_cast<int>(due); ++sent) producer.send("commands", value_of(first + sent));
+    for (; sent < total && sent < static_cast<int>(due); ++sent) producer.send(topic, value_of(first + sent));
   }
   producer.flush();
   const auto deadline = SteadyClock::now() + 60s;
@@ -226,6 +246,22 @@ double core_only(const Options& options, const dedup::CommandCatalog& catalog, c
   return options.commands / std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
 
+// The raw Postgres limit for the same rows at the worker's batch size: inserted (unique), then
+// inserted again (duplicate: ON CONFLICT DO NOTHING), one transaction per batch.
+std::pair<double, double> raw_limit(const Options& options, const std::string& schema) {
+  reset_schema(options.db, schema);
+  pqxx::connection raw(options.db);
+  const auto statements =
+      dedup::bench::raw_statements(schema, options.commands, static_cast<int>(options.max_batch), raw);
+  const double unique = options.commands / dedup::bench::time_raw(raw, statements, 0, statements.size());
+  const double duplicate = options.commands / dedup::bench::time_raw(raw, statements, 0, statements.size());
+  return {unique, duplicate};
+}
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) throw std::runtime_error(what);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -233,25 +269,34 @@ int main(int argc, char** argv) try {
   dedup::configure_logging("warn", "text");  // stderr, and only what matters
   const std::string schema = "bench_worker";
   const std::string core_schema = "bench_worker_core";
+  const std::string raw_schema = "bench_worker_raw";
   const auto catalog = dedup::CommandCatalog::from_yaml(dedup::bench::todo_catalog_yaml(schema));
   const auto core_catalog = dedup::CommandCatalog::from_yaml(dedup::bench::todo_catalog_yaml(core_schema));
+  const std::string& topic = options.topic;
 
-  // Core only, same records, same batch size as the worker's.
+  // Core only, same records, same batch size as the worker's; then raw Postgres.
   const double core_unique = core_only(options, core_catalog, core_schema, 0, dedup::Status::created, true);
   const double core_duplicate =
       core_only(options, core_catalog, core_schema, options.commands, dedup::Status::duplicate, false);
+  const auto [raw_unique, raw_duplicate] = raw_limit(options, raw_schema);
 
   // The worker.
   reset_schema(options.db, schema);
-  dedup::kafka::MockCluster cluster(1);
-  cluster.create_topic("commands", options.partitions);
-  // One partition for results: librdkafka's mock answers each partition's ProduceRequest in its
-  // own TCP segment without TCP_NODELAY, so a flush that spans several partitions waits 40 ms for
-  // the client's delayed ACK (measured: 0.6 ms for 500 results on one partition, 43 ms on four).
-  // Real brokers set TCP_NODELAY; the bench measures the worker, not this artifact.
-  cluster.create_topic("commands.results", 1);
-  cluster.create_topic("commands.dlq", 1);
-  const std::string brokers = cluster.bootstraps();
+  std::optional<dedup::kafka::MockCluster> cluster;
+  int results_partitions = options.partitions;
+  std::string brokers = options.brokers;
+  if (brokers.empty()) {
+    cluster.emplace(1);
+    cluster->create_topic(topic, options.partitions);
+    // One partition for results: librdkafka's mock answers each partition's ProduceRequest in its
+    // own TCP segment without TCP_NODELAY, so a flush that spans several partitions waits 40 ms
+    // for the client's delayed ACK (measured: 0.6 ms for 500 results on one partition, 43 ms on
+    // four). Real brokers set TCP_NODELAY; the bench measures the worker, not this artifact.
+    results_partitions = 1;
+    cluster->create_topic(topic + ".results", results_partitions);
+    cluster->create_topic(topic + ".dlq", 1);
+    brokers = cluster->bootstraps();
+  }
 
   Recorder recorder;
   dedup::SystemClock clock;
@@ -259,35 +304,67 @@ int main(int argc, char** argv) try {
   dedup::Processor processor(catalog, store, clock, recorder, {});
   dedup::WorkerOptions worker_options;
   worker_options.brokers = brokers;
-  worker_options.group = "bench-worker";
-  worker_options.commands_topic = "commands";
+  worker_options.group = topic + "-bench-worker";
+  worker_options.commands_topic = topic;
   worker_options.max_batch_records = options.max_batch;
-  // The mock holds an empty fetch for the whole fetch.wait.max.ms instead of answering when data
-  // arrives (real brokers long-poll): keep it short, as a worker on the dev broker should.
-  worker_options.kafka_settings = {{"session.timeout.ms", "6000"},
-                                   {"heartbeat.interval.ms", "500"},
-                                   {"fetch.wait.max.ms", "5"}};
-  dedup::Worker worker(worker_options, processor, recorder);
-  std::thread loop([&] { worker.run(); });
+  worker_options.kafka_settings = {{"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
+  if (cluster) {
+    // The mock holds an empty fetch for the whole fetch.wait.max.ms instead of answering when data
+    // arrives (real brokers long-poll): keep it short, as a worker on the dev broker should.
+    worker_options.kafka_settings["fetch.wait.max.ms"] = "5";
+  }
 
   LoadProducer producer(brokers);
-  CommittedOffsets committed(brokers, "bench-worker", "commands", options.partitions);
-  // Warm-up: the group join (the mock delays the first rebalance) is not throughput.
-  producer.send("commands", command_value(-1));
-  producer.flush();
-  while (committed.total() < 1) std::this_thread::sleep_for(10ms);
-  std::int64_t target = 1;
-
+  CommittedOffsets committed(brokers, worker_options.group, topic, options.partitions);
   const int n = options.commands;
+
+  // A backlog: n new commands waiting before the worker starts. Drained from the first batch to
+  // the last committed offset, so the group join is not counted as throughput (it is printed).
+  for (int i = 0; i < n; ++i) producer.send(topic, command_value(i));
+  producer.flush();
+  dedup::Worker worker(worker_options, processor, recorder);
+  const auto worker_start = SteadyClock::now();
+  std::thread loop([&] { worker.run(); });
+  struct StopOnExit {  // also when a check below throws: never destroy a joinable thread
+    dedup::Worker& worker;
+    std::thread& loop;
+    ~StopOnExit() {
+      if (loop.joinable()) {
+        worker.request_stop();
+        loop.join();
+      }
+    }
+  } stop_on_exit{worker, loop};
+  std::int64_t target = n;
+  while (committed.total() < target) {
+    if (SteadyClock::now() - worker_start > 600s) throw std::runtime_error("the worker did not drain the backlog");
+    std::this_thread::sleep_for(5ms);
+  }
+  const auto drained = SteadyClock::now();
+  const auto first_batch = recorder.first_batch().value_or(worker_start);
+  const double join_seconds = std::chrono::duration<double>(first_batch - worker_start).count();
+  const double backlog_seconds = std::chrono::duration<double>(drained - first_batch).count();
+  const auto [backlog_batches, backlog_records, backlog_store] = recorder.take_batch_stats();
+  expect(recorder.published() == static_cast<std::size_t>(n) && recorder.count(dedup::Status::created) ==
+                                                                    static_cast<std::size_t>(n),
+         fmt::format("backlog: {} results ({} created) for {} commands", recorder.published(),
+                     recorder.count(dedup::Status::created), n));
+
+  // Bursts produced while the worker runs (the clock includes producing): n more new commands,
+  // then the backlog's n keys again from other records (duplicates).
   target += n;
-  recorder.take_batch_stats();
-  const double unique_seconds = burst(producer, committed, 0, n, target, command_value);
+  const double unique_seconds = burst(producer, committed, topic, n, 2 * n, target, command_value);
   const auto [unique_batches, unique_records, unique_store] = recorder.take_batch_stats();
   target += n;
-  const double duplicate_seconds = burst(producer, committed, 0, n, target, command_value);
+  const double duplicate_seconds = burst(producer, committed, topic, 0, n, target, command_value);
   const auto [dup_batches, dup_records, dup_store] = recorder.take_batch_stats();
+  const double worker_backlog = n / backlog_seconds;
   const double worker_unique = n / unique_seconds;
   const double worker_duplicate = n / duplicate_seconds;
+  expect(recorder.count(dedup::Status::created) == static_cast<std::size_t>(2 * n) &&
+             recorder.count(dedup::Status::duplicate) == static_cast<std::size_t>(n),
+         fmt::format("bursts: {} created, {} duplicate; expected {} and {}", recorder.count(dedup::Status::created),
+                     recorder.count(dedup::Status::duplicate), 2 * n, n));
 
   // Latency at half the maximum rate: new keys, then a duplicate-heavy stream (keys seen before).
   const double half = worker_unique / 2;
@@ -302,27 +379,41 @@ int main(int argc, char** argv) try {
   auto fresh = [&](int i) -> const std::string& { return fresh_values[i]; };
   auto seen = [&](int i) -> const std::string& { return seen_values[i]; };
   recorder.take_batch_stats();
-  const auto unique_latency = paced(producer, recorder, half, options.latency_seconds, 0, fresh);
+  const auto unique_latency = paced(producer, recorder, topic, half, options.latency_seconds, 0, fresh);
   const auto [unique_paced_batches, unique_paced_records, unique_paced_store] = recorder.take_batch_stats();
   const auto duplicate_latency =
-      paced(producer, recorder, worker_duplicate / 2, options.latency_seconds, 0, seen);
+      paced(producer, recorder, topic, worker_duplicate / 2, options.latency_seconds, 0, seen);
   const auto [dup_paced_batches, dup_paced_records, dup_paced_store] = recorder.take_batch_stats();
 
   worker.request_stop();
   loop.join();
 
   std::cout << fmt::format("worker commands: {}\n", n);
-  std::cout << fmt::format("worker partitions: {} (results topic: 1)\n", options.partitions);
-  std::cout << "worker broker: librdkafka mock cluster, in process (fetch.wait.max.ms=5)\n";
+  std::cout << fmt::format("worker partitions: {} (results topic: {})\n", options.partitions, results_partitions);
+  if (cluster) {
+    std::cout << "worker broker: librdkafka mock cluster, in process (fetch.wait.max.ms=5)\n";
+  } else {
+    std::cout << fmt::format("worker broker: {} at {}\n",
+                             options.broker_name.empty() ? "Kafka" : options.broker_name, brokers);
+  }
   std::cout << fmt::format("worker max batch: {}\n", options.max_batch);
+  std::cout << fmt::format("raw unique rows/s: {:.0f}\n", raw_unique);
+  std::cout << fmt::format("raw duplicate rows/s: {:.0f}\n", raw_duplicate);
+  std::cout << fmt::format("worker group join seconds: {:.2f}\n", join_seconds);
+  std::cout << fmt::format("worker backlog unique commands/s: {:.0f}\n", worker_backlog);
+  std::cout << fmt::format("worker backlog ratio to raw: {:.2f}\n", worker_backlog / raw_unique);
+  std::cout << fmt::format("worker backlog mean batch: {:.0f}\n", double(backlog_records) / backlog_batches);
+  std::cout << fmt::format("worker backlog share in transaction: {:.2f}\n", backlog_store / backlog_seconds);
   std::cout << fmt::format("core-only unique commands/s: {:.0f}\n", core_unique);
   std::cout << fmt::format("worker unique commands/s: {:.0f}\n", worker_unique);
   std::cout << fmt::format("worker unique ratio: {:.2f}\n", worker_unique / core_unique);
+  std::cout << fmt::format("worker unique ratio to raw: {:.2f}\n", worker_unique / raw_unique);
   std::cout << fmt::format("worker unique mean batch: {:.0f}\n", double(unique_records) / unique_batches);
   std::cout << fmt::format("worker unique share in transaction: {:.2f}\n", unique_store / unique_seconds);
   std::cout << fmt::format("core-only duplicate commands/s: {:.0f}\n", core_duplicate);
   std::cout << fmt::format("worker duplicate commands/s: {:.0f}\n", worker_duplicate);
   std::cout << fmt::format("worker duplicate ratio: {:.2f}\n", worker_duplicate / core_duplicate);
+  std::cout << fmt::format("worker duplicate ratio to raw: {:.2f}\n", worker_duplicate / raw_duplicate);
   std::cout << fmt::format("worker duplicate mean batch: {:.0f}\n", double(dup_records) / dup_batches);
   std::cout << fmt::format("worker duplicate share in transaction: {:.2f}\n", dup_store / duplicate_seconds);
   std::cout << fmt::format("latency unique rate: {:.0f}\n", half);
@@ -335,7 +426,7 @@ int main(int argc, char** argv) try {
   std::cout << fmt::format("latency duplicate mean batch: {:.0f}\n", double(dup_paced_records) / dup_paced_batches);
   std::cout << fmt::format("latency samples: {} {}\n", unique_latency.size(), duplicate_latency.size());
   dedup::bench::exec(options.db, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; DROP SCHEMA IF EXISTS " +
-                                     core_schema + " CASCADE");
+                                     core_schema + " CASCADE; DROP SCHEMA IF EXISTS " + raw_schema + " CASCADE");
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "dedup_bench_worker: " << e.what() << "\n";
