@@ -306,6 +306,10 @@ constexpr std::string_view kFastPathRefusedState = "DD001";
 // racing workers, a type that keeps conflicting), and each one costs a rolled-back statement.
 constexpr int kFastPathCooldownBatches = 8;
 
+// How much of a Postgres message is quoted in ours ("Postgres refused the payload: ... (SQLSTATE
+// xxxxx)"), which must stay within kMaxRejectionMessageBytes.
+constexpr std::size_t kQuotedMessageBytes = kMaxRejectionMessageBytes - 96;
+
 // Postgres refused a statement because of the values it wrote (pg::classify_sqlstate): the
 // statement is redone in a way that finds the command at fault.
 bool is_record_fault(const std::string& sqlstate) {
@@ -381,8 +385,8 @@ EntityOutcome outcome_of_answer(const json& answer) {
     return outcome;
   }
   const auto& state = answer.at("sqlstate").get_ref<const std::string&>();
-  const auto message = truncate_utf8(answer.at("message").get<std::string>(),
-                                     kMaxRejectionMessageBytes);
+  // Postgres's message is quoted inside ours: cut it so that ours stays within the bound.
+  const auto message = truncate_utf8(answer.at("message").get<std::string>(), kQuotedMessageBytes);
   if (state.rfind("23", 0) == 0) {
     outcome.kind = EntityOutcome::Kind::conflict;
     outcome.error = json{{"code", "conflict"},
@@ -409,7 +413,8 @@ EntityOutcome outcome_of_answer(const json& answer) {
 CommandResult rejected_by_postgres(const Command& command, const EntityOutcome& outcome,
                                    Timestamp now) {
   RejectedCommand rejected{.source = command.source,
-                           .rejection = {RejectCode::invalid_payload, outcome.reason},
+                           .rejection = {RejectCode::invalid_payload,
+                                         truncate_utf8(outcome.reason, kMaxRejectionMessageBytes)},
                            .scope = command.scope,
                            .idempotency_key = command.idempotency_key,
                            .type = command.type->name,
@@ -725,7 +730,7 @@ void PostgresKeyStore::Impl::write_group_per_row(
         if (!may_be_records(state)) throw;
         outcome.kind = EntityOutcome::Kind::invalid;
         outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})",
-                                     truncate_utf8(refused.what(), kMaxRejectionMessageBytes), state);
+                                     truncate_utf8(refused.what(), kQuotedMessageBytes), state);
         if (!is_record_fault(state)) outcome.deployment_suspect = state;
       }
     }
@@ -1168,7 +1173,7 @@ std::vector<CommandResult> PostgresKeyStore::apply(std::span<const Command> comm
       const Command& command = commands.front();
       EntityOutcome refused;
       refused.kind = EntityOutcome::Kind::invalid;
-      refused.reason = truncate_utf8(e.what(), kMaxRejectionMessageBytes);
+      refused.reason = truncate_utf8(e.what(), kQuotedMessageBytes);
       return {rejected_by_postgres(command, refused, now)};
     }
     const auto half = commands.size() / 2;
