@@ -171,6 +171,51 @@ def dead_letters(args):
     print(json.dumps(dict(codes)))
 
 
+def cloudevents(args):
+    """CloudEvents as a team's existing topic has them: no envelope. Each event once, in binary or
+    structured mode at random; some sent again in the other mode with a new `time` (a producer
+    retry); the same ids from several sources; a few with a specversion the worker refuses."""
+    rng = random.Random(args.seed)
+    producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    sources = ["/shop", "/billing", "/crm"]
+    events = []
+    for n in range(args.events):
+        source = sources[n % len(sources)]
+        event_id = f"order-{n // len(sources)}"  # the same ids under every source: three tenants
+        data = {"title": f"follow up {event_id} from {source}", "priority": rng.randint(1, 5)}
+        events.append((event_id, source, data))
+
+    def send(event_id, source, data, mode, specversion="1.0", time_="2026-12-02T10:00:00Z"):
+        key = f"{source}/{event_id}".encode()  # both modes of one event on one partition, in order
+        if mode == "binary":
+            headers = [("ce_specversion", specversion.encode()), ("ce_id", event_id.encode()),
+                       ("ce_source", source.encode()), ("ce_type", b"com.example.todo.created"),
+                       ("ce_time", time_.encode()), ("content-type", b"application/json")]
+            producer.produce(args.topic, key=key, value=json.dumps(data).encode(), headers=headers)
+        else:
+            event = {"specversion": specversion, "id": event_id, "source": source,
+                     "type": "com.example.todo.created", "time": time_, "data": data}
+            producer.produce(args.topic, key=key, value=json.dumps(event).encode(),
+                             headers=[("content-type", b"application/cloudevents+json")])
+        producer.poll(0)
+
+    counts = collections.Counter()
+    for event_id, source, data in events:
+        mode = rng.choice(["binary", "structured"])
+        send(event_id, source, data, mode)
+        counts[mode] += 1
+        if rng.random() < args.retry_share:  # the producer retries, in the other mode, later
+            send(event_id, source, data, "structured" if mode == "binary" else "binary",
+                 time_="2026-12-02T10:00:05Z")
+            counts["retried in the other mode"] += 1
+    for n in range(args.invalid):
+        send(f"legacy-{n}", "/legacy", {"title": "old producer"}, "structured", specversion="0.3")
+        counts["specversion 0.3"] += 1
+    producer.flush(60)
+    total = sum(counts.values())
+    print(json.dumps({"total": total, "events": len(events), "sources": len(sources), **counts}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,8 +232,16 @@ def main():
     d = sub.add_parser("dead-letters")
     d.add_argument("--bootstrap", required=True)
     d.add_argument("--topic", required=True)
+    e = sub.add_parser("cloudevents")
+    e.add_argument("--bootstrap", required=True)
+    e.add_argument("--topic", required=True)
+    e.add_argument("--events", type=int, default=300)
+    e.add_argument("--retry-share", type=float, default=0.3)
+    e.add_argument("--invalid", type=int, default=5)
+    e.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
-    {"produce": produce, "collect": collect, "dead-letters": dead_letters}[args.command](args)
+    {"produce": produce, "collect": collect, "dead-letters": dead_letters,
+     "cloudevents": cloudevents}[args.command](args)
 
 
 if __name__ == "__main__":
