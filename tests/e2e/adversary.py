@@ -1714,8 +1714,8 @@ def scenario_failpoint_crashes(cluster, rng, keys=1000, failpoints=("after_db_co
 
 def scenario_churn_long_polls(cluster, rng, keys=1100, rate=25, max_cycles=2):
     """Commands on 2 partitions at ~25 records/s; worker `a` polls up to 6 s; members join and are
-    SIGKILLed while `a` is mid-poll (three times), another joins and leaves with SIGTERM, another
-    crashes at a failpoint. Repeated while the stream is produced, at most `max_cycles` times
+    SIGKILLed while `a` is mid-poll (three times), others join and leave with SIGTERM (twice),
+    another crashes at a failpoint. Repeated while the stream is produced, at most `max_cycles` times
     (None: no limit), at least once.
     The hostile share is the records refused before the database (dead letters between commits):
     this scenario is about offsets, and a poison record here would hide a lost one."""
@@ -1732,13 +1732,14 @@ def scenario_churn_long_polls(cluster, rng, keys=1100, rate=25, max_cycles=2):
             cluster.kill(b)
             time.sleep(rng.uniform(0.2, 1.5))
         for i in range(2):  # join and leave: two rebalances without waiting out a session
-            c = cluster.start(f"c{cycle}.{i}", "--batch-wait", "6s")
+            c = cluster.start(f"c{cycle}.{i}")
             cluster.wait_assigned(c, timeout=30)
             time.sleep(rng.uniform(0.5, 2))
             cluster.stop(c)
-        d = cluster.start(f"d{cycle}", failpoint=f"after_results_acked:{rng.randint(2, 4)}", batch=20)
-        if cluster.wait_exit(d, 20) is None:
-            cluster.kill(d)   # too few records reached it: a plain SIGKILL instead
+        if feeder.is_alive():
+            d = cluster.start(f"d{cycle}", failpoint=f"after_results_acked:{rng.randint(2, 4)}", batch=20)
+            if cluster.wait_exit(d, 15) is None:
+                cluster.kill(d)   # too few records reached it: a plain SIGKILL instead
         cycle += 1
     feeder.finish()
     cluster.start("e", "--batch-wait", "6s")
@@ -1747,7 +1748,7 @@ def scenario_churn_long_polls(cluster, rng, keys=1100, rate=25, max_cycles=2):
     return {}
 
 
-def scenario_cross_partition_race(cluster, rng, keys=200, rate=45):
+def scenario_cross_partition_race(cluster, rng, keys=300, rate=45):
     """Three partitions, three workers (one partition each): every key is produced to 2-3 of the
     partitions at the same moment, one key at a time, so two workers run their single-statement
     fast paths for the same key concurrently. One entity per key, one claimant, no worker dies."""
@@ -1771,7 +1772,7 @@ SCENARIOS = {
     "failpoint_crashes": (scenario_failpoint_crashes, DEFAULT_TOPICS, 1000, 8202),
     "churn_long_polls": (scenario_churn_long_polls, ("commands:2", "commands.results:4", "commands.dlq:1"), 1100, 8303),
     "cross_partition_race": (scenario_cross_partition_race, ("commands:3", "commands.results:4", "commands.dlq:1"),
-                             200, 8404),
+                             300, 8404),
 }
 
 

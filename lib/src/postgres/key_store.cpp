@@ -330,8 +330,13 @@ bool may_be_records(const std::string& sqlstate) {
 constexpr std::size_t kStoredJsonDepth = 512;
 json parse_stored_json(const char* text) {
   auto parsed = parse_json(text, JsonParseLimits{.max_depth = kStoredJsonDepth});
-  if (auto* problem = std::get_if<std::string>(&parsed)) {
-    throw PermanentDatabaseError("Postgres returned JSON that cannot be read: " + *problem, "DD002");
+  if (std::holds_alternative<std::string>(parsed)) {
+    // No byte offset in the message: it would change with the row (a longer id) and a replayed
+    // rejection must be identical.
+    throw PermanentDatabaseError(
+        fmt::format("Postgres returned JSON nested deeper than {} levels (SQLSTATE DD002)",
+                    kStoredJsonDepth),
+        "DD002");
   }
   return std::move(std::get<json>(parsed));
 }
