@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace dedup {
 
 // A schema-qualified Postgres identifier, validated at load.
@@ -32,7 +34,8 @@ enum class InputFormat { envelope, cloudevents, mapped };
 // pointer (RFC 6901) into the record's value.
 struct InputPlace {
   enum class Kind { header, pointer } kind = Kind::pointer;
-  std::string text;  // the header name, or the pointer as written ("" is the whole value)
+  std::string text;                      // the header name, or the pointer as written
+  nlohmann::json::json_pointer pointer;  // Kind::pointer: parsed once, at load ("" = the whole value)
 };
 
 struct InputSpec {
@@ -41,7 +44,7 @@ struct InputSpec {
   std::vector<InputPlace> key;    // absent everywhere: the type's key_from, else rejected
   std::vector<InputPlace> scope;  // absent everywhere: --default-scope, else rejected
   std::vector<InputPlace> type;
-  std::string payload;            // a JSON pointer to the payload object; "" = the whole value
+  InputPlace payload;             // a JSON pointer to the payload object; "" = the whole value
   // cloudevents and mapped: incoming type name -> configured command type.
   std::vector<std::pair<std::string, std::string>> types;
 

@@ -210,11 +210,11 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
   if (!rejected.scope) {
     return fail(reject(RejectCode::missing_scope,
                        fmt::format("no scope in {}, and no --default-scope is configured",
-                                   fields.scope_places)));
+                                   input::describe(fields.scope_places))));
   }
   if (auto* bad = std::get_if<Rejection>(&fields.type)) return fail(std::move(*bad));
   if (!type_found) {
-    return fail(reject(RejectCode::missing_type, fmt::format("no type in {}", fields.type_places)));
+    return fail(reject(RejectCode::missing_type, fmt::format("no type in {}", input::describe(fields.type_places))));
   }
   const CommandType* type = rejected.type ? catalog.find(*rejected.type) : nullptr;
   if (!type) {
@@ -226,11 +226,12 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
   if (!fields.payload || !fields.payload->is_object()) {
     return fail(reject(RejectCode::invalid_payload,
                        !fields.payload
-                           ? fmt::format("{} is missing", fields.payload_place)
-                           : fmt::format("{} must be a JSON object, got {}", fields.payload_place,
+                           ? fmt::format("{} is missing", input::describe(fields.payload_place))
+                           : fmt::format("{} must be a JSON object, got {}",
+                                         input::describe(fields.payload_place),
                                          fields.payload->type_name())));
   }
-  const json& payload = *fields.payload;
+  json& payload = *fields.payload;
   if (auto field = find_nul(payload, "")) {
     return fail(reject(RejectCode::invalid_payload,
                        fmt::format("payload field '{}' contains U+0000, which Postgres cannot store",
@@ -256,7 +257,7 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
     if (type->key_from.empty()) {
       return fail(reject(RejectCode::missing_key,
                          fmt::format("no idempotency key in {}, and type '{}' has no key_from",
-                                     fields.key_places, type->name)));
+                                     input::describe(fields.key_places), type->name)));
     }
     auto derived = derive_natural_key(*type, payload);
     if (auto* bad = std::get_if<Rejection>(&derived)) return fail(std::move(*bad));
@@ -270,7 +271,7 @@ ParsedCommand parse_command(const InboundRecord& record, const CommandCatalog& c
   command.type = type;
   command.canonical_payload = canonical_json(payload);
   command.fingerprint = command_fingerprint_of_canonical(type->name, command.canonical_payload);
-  command.payload = payload;
+  command.payload = std::move(payload);  // out of the parsed value, which is not needed any more
   command.cloudevent = std::move(fields.cloudevent);
   return command;
 }

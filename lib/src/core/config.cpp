@@ -113,6 +113,16 @@ bool is_valid_type_name(const std::string& name) {
   });
 }
 
+// A pointer place: its text parsed once, here, so records never pay for it.
+InputPlace pointer_place(const std::string& text, const std::string& field,
+                         std::string_view expected) {
+  try {
+    return {InputPlace::Kind::pointer, text, nlohmann::json::json_pointer(text)};
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(field, "'" + text + "' is not " + std::string(expected) + ": " + e.what());
+  }
+}
+
 std::vector<InputPlace> parse_places(const YAML::Node& node, const std::string& field) {
   if (!node.IsSequence() || node.size() == 0) {
     throw ConfigError(field, "expected a non-empty list of places (header:NAME or a JSON pointer)");
@@ -128,16 +138,10 @@ std::vector<InputPlace> parse_places(const YAML::Node& node, const std::string& 
         return c > 0x20 && c < 0x7f && c != ':';
       });
       if (!token) throw ConfigError(item_field, "'" + text + "' names no header");
-      places.push_back({InputPlace::Kind::header, name});
+      places.push_back({InputPlace::Kind::header, name, {}});
       continue;
     }
-    try {
-      (void)nlohmann::json::json_pointer(text);
-    } catch (const nlohmann::json::exception& e) {
-      throw ConfigError(item_field, "'" + text + "' is neither header:NAME nor a JSON pointer: " +
-                                        e.what());
-    }
-    places.push_back({InputPlace::Kind::pointer, text});
+    places.push_back(pointer_place(text, item_field, "header:NAME or a JSON pointer"));
   }
   return places;
 }
@@ -179,12 +183,8 @@ InputSpec parse_input(const YAML::Node& node, const std::vector<CommandType>& ty
     if (node["key"]) spec.key = parse_places(node["key"], "input.key");
     if (node["scope"]) spec.scope = parse_places(node["scope"], "input.scope");
     spec.type = parse_places(node["type"], "input.type");
-    spec.payload = scalar_string(node["payload"], "input.payload");
-    try {
-      (void)nlohmann::json::json_pointer(spec.payload);
-    } catch (const nlohmann::json::exception& e) {
-      throw ConfigError("input.payload", "'" + spec.payload + "' is not a JSON pointer: " + e.what());
-    }
+    spec.payload = pointer_place(scalar_string(node["payload"], "input.payload"), "input.payload",
+                                 "a JSON pointer");
   }
   if (const auto renames = node["types"]) {
     if (!renames.IsMap()) throw ConfigError("input.types", "expected a mapping of type names");

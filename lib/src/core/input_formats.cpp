@@ -41,29 +41,34 @@ FieldRead header_value(const InboundRecord& record, std::string_view name, bool 
       }
       continue;
     }
-    found = Found{*header.value, {"header", std::string(name)}};
+    found = Found{*header.value, {"header", name}};
   }
   return found;
 }
 
-// A string at `pointer` in `body`: absent when missing or null.
-FieldRead body_value(const json& body, const json::json_pointer& pointer, Where where,
-                     RejectCode invalid) {
-  if (!body.contains(pointer)) return {};
-  const json& value = body.at(pointer);
-  if (value.is_null()) return {};
-  if (!value.is_string()) {
+// A string value found in the record's value: absent when missing or null.
+FieldRead string_value(const json* value, Where where, RejectCode invalid) {
+  if (value == nullptr || value->is_null()) return {};
+  if (!value->is_string()) {
     return reject(invalid, fmt::format("{} must be a string, got {}", describe(where),
-                                       value.type_name()));
+                                       value->type_name()));
   }
-  return Found{value.get<std::string>(), std::move(where)};
+  return Found{value->get<std::string>(), where};
+}
+
+json* member(json& body, std::string_view name) {
+  const auto it = body.find(name);
+  return it == body.end() ? nullptr : &*it;
+}
+
+json* at_pointer(json& body, const json::json_pointer& pointer) {
+  return body.contains(pointer) ? &body.at(pointer) : nullptr;
 }
 
 // Envelope: body field and header both count, and must agree.
-FieldRead envelope_field(const InboundRecord& record, const json& body, std::string_view field,
+FieldRead envelope_field(const InboundRecord& record, json& body, std::string_view field,
                          std::string_view header, RejectCode invalid, RejectCode mismatch) {
-  auto from_body = body_value(body, json::json_pointer("/" + std::string(field)),
-                              {"body field", std::string(field)}, invalid);
+  auto from_body = string_value(member(body, field), {"body field", field}, invalid);
   auto from_header = header_value(record, header, /*ignore_case=*/false, mismatch);
   if (std::holds_alternative<Rejection>(from_body)) return from_body;
   if (std::holds_alternative<Rejection>(from_header)) return from_header;
@@ -75,59 +80,47 @@ FieldRead envelope_field(const InboundRecord& record, const json& body, std::str
   return body_found ? from_body : from_header;
 }
 
-Fields read_envelope(const InboundRecord& record, const json& body) {
+Fields read_envelope(const InboundRecord& record, json& body) {
   Fields fields;
   fields.key = envelope_field(record, body, "idempotency_key", kKeyHeader, RejectCode::invalid_key,
                               RejectCode::key_mismatch);
   fields.scope = envelope_field(record, body, "scope", kScopeHeader, RejectCode::invalid_scope,
                                 RejectCode::scope_mismatch);
-  fields.type = body_value(body, json::json_pointer("/type"), {"body field", "type"},
-                           RejectCode::unknown_type);
-  fields.key_places = "body field 'idempotency_key' or header 'idempotency-key'";
-  fields.scope_places = "body field 'scope' or header 'idempotency-scope'";
-  fields.type_places = "body field 'type'";
-  fields.payload_place = "body field 'payload'";
-  if (const auto it = body.find("payload"); it != body.end()) fields.payload = &*it;
+  fields.type = string_value(member(body, "type"), {"body field", "type"}, RejectCode::unknown_type);
+  fields.key_places.text = "body field 'idempotency_key' or header 'idempotency-key'";
+  fields.scope_places.text = "body field 'scope' or header 'idempotency-scope'";
+  fields.type_places.text = "body field 'type'";
+  fields.payload_place.text = "body field 'payload'";
+  fields.payload = member(body, "payload");
   return fields;
 }
 
 // Mapped: the first place where a field is present wins.
-FieldRead first_present(const InboundRecord& record, const json& body,
+FieldRead first_present(const InboundRecord& record, json& body,
                         const std::vector<InputPlace>& places, RejectCode invalid,
                         RejectCode mismatch) {
   for (const auto& place : places) {
     FieldRead read =
         place.kind == InputPlace::Kind::header
             ? header_value(record, place.text, /*ignore_case=*/true, mismatch)
-            : body_value(body, json::json_pointer(place.text), {"field", place.text}, invalid);
+            : string_value(at_pointer(body, place.pointer), {"field", place.text}, invalid);
     if (!std::holds_alternative<std::monostate>(read)) return read;
   }
   return {};
 }
 
-std::string describe_places(const std::vector<InputPlace>& places) {
-  std::string out;
-  for (const auto& place : places) {
-    if (!out.empty()) out += ", ";
-    out += place.kind == InputPlace::Kind::header ? "header '" + place.text + "'"
-                                                  : "field '" + place.text + "'";
-  }
-  return out.empty() ? "no configured place" : out;
-}
-
-Fields read_mapped(const InboundRecord& record, const json& body, const InputSpec& spec) {
+Fields read_mapped(const InboundRecord& record, json& body, const InputSpec& spec) {
   Fields fields;
   fields.key = first_present(record, body, spec.key, RejectCode::invalid_key, RejectCode::key_mismatch);
   fields.scope = first_present(record, body, spec.scope, RejectCode::invalid_scope,
                                RejectCode::scope_mismatch);
   fields.type = first_present(record, body, spec.type, RejectCode::unknown_type,
                               RejectCode::unknown_type);
-  fields.key_places = describe_places(spec.key);
-  fields.scope_places = describe_places(spec.scope);
-  fields.type_places = describe_places(spec.type);
-  fields.payload_place = "field '" + spec.payload + "'";
-  const json::json_pointer pointer(spec.payload);
-  if (body.contains(pointer)) fields.payload = &body.at(pointer);
+  fields.key_places.list = spec.key;
+  fields.scope_places.list = spec.scope;
+  fields.type_places.list = spec.type;
+  fields.payload_place.list = std::span(&spec.payload, 1);
+  fields.payload = at_pointer(body, spec.payload.pointer);
   return fields;
 }
 
@@ -140,27 +133,35 @@ bool is_json_media_type(std::string_view type) {
 
 // CloudEvents 1.0, Kafka protocol binding. Binary mode: ce_* headers, the value is the data.
 // Structured mode: content-type application/cloudevents+json, the value is the event.
-Fields read_cloudevent(const InboundRecord& record, const json& body) {
+Fields read_cloudevent(const InboundRecord& record, json& body) {
   Fields fields;
   const bool binary = is_binary_cloudevent(record);
   const auto content_type = header_value(record, kContentType, /*ignore_case=*/true,
                                          RejectCode::invalid_event);
-  auto attribute = [&](std::string_view name) -> FieldRead {
-    if (binary) {
-      return header_value(record, "ce_" + std::string(name), /*ignore_case=*/false,
-                          RejectCode::invalid_event);
-    }
-    return body_value(body, json::json_pointer("/" + std::string(name)),
-                      {"CloudEvent attribute", std::string(name)}, RejectCode::invalid_event);
+  // An attribute: the header ce_<name> in binary mode, the member <name> in structured mode.
+  struct Attribute {
+    std::string_view name;
+    std::string_view header;
+    std::string_view place;  // for "missing" messages
   };
-  fields.key = attribute("id");
-  fields.scope = attribute("source");
-  fields.type = attribute("type");
-  const char* where = binary ? "header 'ce_{}'" : "attribute '{}'";
-  fields.key_places = fmt::format(fmt::runtime(where), "id");
-  fields.scope_places = fmt::format(fmt::runtime(where), "source");
-  fields.type_places = fmt::format(fmt::runtime(where), "type");
-  fields.payload_place = binary ? "the record value (binary mode)" : "attribute 'data'";
+  auto read = [&](const Attribute& attribute) -> FieldRead {
+    if (binary) {
+      return header_value(record, attribute.header, /*ignore_case=*/false, RejectCode::invalid_event);
+    }
+    return string_value(member(body, attribute.name), {"CloudEvent attribute", attribute.name},
+                        RejectCode::invalid_event);
+  };
+  constexpr Attribute kId{"id", "ce_id", "header 'ce_id' or attribute 'id'"};
+  constexpr Attribute kSource{"source", "ce_source", "header 'ce_source' or attribute 'source'"};
+  constexpr Attribute kType{"type", "ce_type", "header 'ce_type' or attribute 'type'"};
+  constexpr Attribute kSpecversion{"specversion", "ce_specversion", ""};
+  fields.key = read(kId);
+  fields.scope = read(kSource);
+  fields.type = read(kType);
+  fields.key_places.text = kId.place;
+  fields.scope_places.text = kSource.place;
+  fields.type_places.text = kType.place;
+  fields.payload_place.text = binary ? "the record value (binary mode)" : "attribute 'data'";
 
   if (!binary) {
     const auto* structured = std::get_if<Found>(&content_type);
@@ -172,7 +173,7 @@ Fields read_cloudevent(const InboundRecord& record, const json& body) {
       return fields;
     }
   }
-  const auto specversion = attribute("specversion");
+  const auto specversion = read(kSpecversion);
   if (auto* bad = std::get_if<Rejection>(&specversion)) {
     fields.event_problem = *bad;
   } else if (auto* found = std::get_if<Found>(&specversion); !found || found->value != "1.0") {
@@ -220,7 +221,7 @@ Fields read_cloudevent(const InboundRecord& record, const json& body) {
         fmt::format("CloudEvent datacontenttype '{}' is not JSON",
                     truncate_utf8(it->get_ref<const std::string&>(), 128)));
   }
-  if (const auto it = body.find("data"); it != body.end()) fields.payload = &*it;
+  fields.payload = member(body, "data");
   return fields;
 }
 
@@ -234,12 +235,22 @@ std::string describe(const Where& where) {
   return fmt::format("{} '{}'", where.kind, truncate_utf8(printable(where.name), 128));
 }
 
+std::string describe(const Places& places) {
+  if (places.list.empty()) return places.text.empty() ? "no configured place" : std::string(places.text);
+  std::string out;
+  for (const auto& place : places.list) {
+    if (!out.empty()) out += ", ";
+    out += describe(Where{place.kind == InputPlace::Kind::header ? "header" : "field", place.text});
+  }
+  return out;
+}
+
 bool is_binary_cloudevent(const InboundRecord& record) {
   return std::any_of(record.headers.begin(), record.headers.end(),
                      [](const RecordHeader& h) { return h.name == "ce_specversion"; });
 }
 
-Fields read_fields(const InboundRecord& record, const json& body, const InputSpec& spec) {
+Fields read_fields(const InboundRecord& record, json& body, const InputSpec& spec) {
   switch (spec.format) {
     case InputFormat::envelope: return read_envelope(record, body);
     case InputFormat::mapped: return read_mapped(record, body, spec);
