@@ -319,6 +319,19 @@ TEST(KeyStoreStartup, RefusesAnUnmigratedSchemaAndMissingTablesNamingTheField) {
   } catch (const ConfigError& e) {
     EXPECT_EQ(e.field(), "commands.y.create.sql");
   }
+  // Prepared as it runs (wrapped in WITH entity AS (...)): a data-modifying WITH prepares alone
+  // but not wrapped, and would have refused every command of the type at run time.
+  const auto nested_with = CommandCatalog::from_yaml(
+      "commands:\n  y.create:\n    sql: WITH e AS (INSERT INTO " + schema.name() +
+      ".todos (title) SELECT title FROM jsonb_to_record($1) AS x(title text) RETURNING *) "
+      "SELECT * FROM e\n");
+  try {
+    PostgresKeyStore store({.conninfo = schema.conninfo(), .schema = schema.name()}, nested_with);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "commands.y.create.sql");
+    EXPECT_NE(std::string(e.what()).find("top level"), std::string::npos) << e.what();
+  }
 }
 
 TEST(KeyStoreStartup, AnUnreachableServerIsTransient) {

@@ -84,6 +84,12 @@ commands:
       INSERT INTO {schema}.specimens (label, amount, n)
       SELECT label, amount, n FROM jsonb_to_record($1) AS x(label text, amount numeric, n int)
       RETURNING *
+  specimen.nested:
+    sql: |
+      INSERT INTO {schema}.specimens (label)
+      SELECT label FROM jsonb_to_record($1) AS x(label text)
+      RETURNING *, (repeat('[', ($1->>'depth')::int) || repeat(']', ($1->>'depth')::int))::jsonb
+                   AS nested
 )YAML", name_, /*quote=*/false);
 }
 

@@ -34,6 +34,8 @@ class TestSchema {
   // The catalog above plus the hostile fixtures (tests/fixtures/hostile.sql):
   //   specimen.create -> table <schema>.specimens
   //   specimen.sql    -> explicit SQL into <schema>.specimens (label, amount, n)
+  //   specimen.nested -> explicit SQL into <schema>.specimens whose row carries JSON nested
+  //                      payload.depth levels deep
   const std::string& hostile_config_yaml() const { return hostile_config_yaml_; }
 
   // Runs SQL in which "{schema}" stands for the quoted schema name.

@@ -162,42 +162,20 @@ std::string key_id(std::string_view scope, std::string_view key) {
   return id;
 }
 
-// Appends `text` as a JSON string. Our strings are valid UTF-8 (validated keys and scopes, Kafka
-// topic names, type names from the config), so only quotes, backslashes and control characters
-// need escaping.
-void append_json_string(std::string& out, std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (byte < 0x20) {
-      out += "\\u00";
-      out += kHex[byte >> 4];
-      out += kHex[byte & 0x0f];
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-}
-
 // The fields of a claim, "s","k","t","f","tp","p","o", appended to `out` without the braces, so
 // the fast path can add its own. Written directly rather than through JSON objects: this runs
 // for every command of every batch (a tenth of the client's time, measured, the other way).
 void append_claim_fields(std::string& out, const Command& command) {
   out += R"("s":)";
-  append_json_string(out, command.scope);
+  write_json_string(out, command.scope);
   out += R"(,"k":)";
-  append_json_string(out, command.idempotency_key);
+  write_json_string(out, command.idempotency_key);
   out += R"(,"t":)";
-  append_json_string(out, command.type->name);
+  write_json_string(out, command.type->name);
   out += R"(,"f":")";
   out += to_hex(command.fingerprint);
   out += R"(","tp":)";
-  append_json_string(out, command.source.topic);
+  write_json_string(out, command.source.topic);
   out += R"(,"p":)";
   out += std::to_string(command.source.partition);
   out += R"(,"o":)";
@@ -212,6 +190,37 @@ std::string claim_array(std::span<const Command> commands, const std::vector<std
     out += '{';
     append_claim_fields(out, commands[i]);
     out += '}';
+  }
+  return out + ']';
+}
+
+// An SQL-mode type's statement as the store runs it (write_entity's $1 is the payload): the
+// configured statement, its row returned as jsonb.
+std::string sql_mode_statement(const CommandType& type) {
+  return fmt::format("WITH entity AS ({}) SELECT to_jsonb(entity) FROM entity", type.sql);
+}
+
+// [{"s": scope, "k": key}, ...] of commands[indices]: the keys a statement looks up, updates or
+// deletes.
+std::string key_array(std::span<const Command> commands, const std::vector<std::size_t>& indices) {
+  std::string out = "[";
+  for (const auto i : indices) {
+    if (out.size() > 1) out += ',';
+    out += R"({"s":)";
+    write_json_string(out, commands[i].scope);
+    out += R"(,"k":)";
+    write_json_string(out, commands[i].idempotency_key);
+    out += '}';
+  }
+  return out + ']';
+}
+
+// [payload, ...] of commands[indices], each as its canonical text: numbers exactly as written.
+std::string payload_array(std::span<const Command> commands, const std::vector<std::size_t>& indices) {
+  std::string out = "[";
+  for (const auto i : indices) {
+    if (out.size() > 1) out += ',';
+    out += commands[i].canonical_payload;
   }
   return out + ']';
 }
@@ -310,12 +319,6 @@ constexpr int kFastPathCooldownBatches = 8;
 // xxxxx)"), which must stay within kMaxRejectionMessageBytes.
 constexpr std::size_t kQuotedMessageBytes = kMaxRejectionMessageBytes - 96;
 
-// Postgres refused a statement because of the values it wrote (pg::classify_sqlstate): the
-// statement is redone in a way that finds the command at fault.
-bool is_record_fault(const std::string& sqlstate) {
-  return pg::classify_sqlstate(sqlstate) == pg::FailureKind::record;
-}
-
 // Not transient: a statement over many records that fails so is redone in a way that pins the
 // error on one record. A configuration-class error can be one record's too (a row-level security
 // WITH CHECK: 42501; a regclass value naming no table: 42P01); the deployment is re-checked then.
@@ -339,17 +342,6 @@ json parse_stored_json(const char* text) {
         "DD002");
   }
   return std::move(std::get<json>(parsed));
-}
-
-// A JSON array of already-serialized JSON values (canonical payloads).
-template <typename Range, typename Text>
-std::string json_array_of(const Range& range, Text text) {
-  std::string out = "[";
-  for (const auto& element : range) {
-    if (out.size() > 1) out += ',';
-    out += text(element);
-  }
-  return out + ']';
 }
 
 // A savepoint, rolled back unless released. (pqxx::subtransaction is no help here: libpqxx 6.4
@@ -382,6 +374,19 @@ class Savepoint {
   bool released_ = false;
 };
 
+// A write Postgres refused with `state` (not transient): the command is rejected, and a
+// deployment-class state makes the caller re-check the deployment first (verify_deployment).
+EntityOutcome refused_outcome(std::string_view message, const std::string& state) {
+  EntityOutcome outcome;
+  outcome.kind = EntityOutcome::Kind::invalid;
+  outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})",
+                               truncate_utf8(message, kQuotedMessageBytes), state);
+  if (pg::classify_sqlstate(state) == pg::FailureKind::configuration) {
+    outcome.deployment_suspect = state;
+  }
+  return outcome;
+}
+
 // How one write_entity() call ended, as the function reports it (migration 3).
 EntityOutcome outcome_of_answer(const json& answer) {
   EntityOutcome outcome;
@@ -400,18 +405,10 @@ EntityOutcome outcome_of_answer(const json& answer) {
                          {"sqlstate", state}};
     return outcome;
   }
-  switch (pg::classify_sqlstate(state)) {
-    case pg::FailureKind::transient:
-      throw TransientDatabaseError("writing an entity: " + message, state);
-    case pg::FailureKind::configuration:
-      outcome.deployment_suspect = state;  // the caller re-checks the deployment
-      break;
-    case pg::FailureKind::record:
-      break;
+  if (pg::classify_sqlstate(state) == pg::FailureKind::transient) {
+    throw TransientDatabaseError("writing an entity: " + message, state);
   }
-  outcome.kind = EntityOutcome::Kind::invalid;
-  outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})", message, state);
-  return outcome;
+  return refused_outcome(message, state);
 }
 
 // The result of a command whose payload Postgres refused: rejected, nothing stored.
@@ -595,7 +592,9 @@ void PostgresKeyStore::Impl::check_deployment(pqxx::connection& c) {
     if (type.table) continue;
     try {
       pqxx::work txn(c);
-      txn.exec("PREPARE dedup_config_check(jsonb) AS " + type.sql);
+      // As it runs: wrapped. A statement that prepares alone can still be refused wrapped (a
+      // data-modifying WITH must be at the top level), and would then refuse every command.
+      txn.exec("PREPARE dedup_config_check(jsonb) AS " + sql_mode_statement(type));
       txn.exec("DEALLOCATE dedup_config_check");
     } catch (const pqxx::sql_error& e) {
       if (pg::classify_sqlstate(pg::sqlstate_of(e)) != pg::FailureKind::transient) {
@@ -645,7 +644,7 @@ std::vector<EntityGroup> PostgresKeyStore::Impl::plan_groups(
             table, columns);
       } else {
         group.per_row_sql =
-            fmt::format("WITH entity AS ({}) SELECT to_jsonb(entity) FROM entity", type.sql);
+            sql_mode_statement(type);
       }
       groups.push_back(std::move(group));
     }
@@ -663,20 +662,8 @@ std::vector<EntityOutcome> PostgresKeyStore::Impl::write_entities(
 
   for (const auto& group : plan_groups(commands, claimed)) {
     if (!group.bulk_sql.empty() && !per_row_groups.contains(group.identity)) {
-      const auto payloads = json_array_of(
-          group.commands, [&](std::size_t index) -> const std::string& {
-            return commands[index].canonical_payload;
-          });
-      std::string keys = "[";
-      for (auto index : group.commands) {
-        if (keys.size() > 1) keys += ',';
-        keys += R"({"s":)";
-        write_json_string(keys, commands[index].scope);
-        keys += R"(,"k":)";
-        write_json_string(keys, commands[index].idempotency_key);
-        keys += '}';
-      }
-      keys += ']';
+      const auto payloads = payload_array(commands, group.commands);
+      const auto keys = key_array(commands, group.commands);
       pqxx::result rows;
       try {
         rows = txn.exec_params(group.bulk_sql, payloads, keys);
@@ -712,13 +699,8 @@ void PostgresKeyStore::Impl::write_group_per_row(
   pqxx::result rows;
   try {
     Savepoint attempt(txn, "dedup_group");
-    rows = txn.exec_prepared(
-        kWriteEach,
-        json_array_of(group.commands,
-                      [&](std::size_t index) -> const std::string& {
-                        return commands[index].canonical_payload;
-                      }),
-        group.per_row_sql);
+    rows = txn.exec_prepared(kWriteEach, payload_array(commands, group.commands),
+                             group.per_row_sql);
     attempt.release();
   } catch (const pqxx::sql_error& e) {
     if (!may_be_records(pg::sqlstate_of(e))) throw;
@@ -733,10 +715,7 @@ void PostgresKeyStore::Impl::write_group_per_row(
       } catch (const pqxx::sql_error& refused) {
         const auto state = pg::sqlstate_of(refused);
         if (!may_be_records(state)) throw;
-        outcome.kind = EntityOutcome::Kind::invalid;
-        outcome.reason = fmt::format("Postgres refused the payload: {} (SQLSTATE {})",
-                                     truncate_utf8(refused.what(), kQuotedMessageBytes), state);
-        if (!is_record_fault(state)) outcome.deployment_suspect = state;
+        outcome = refused_outcome(refused.what(), state);
       }
     }
     return;
@@ -994,14 +973,14 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
       }
 
       // 2. keys a concurrent batch committed while we waited: read them with a new snapshot
-      json lost = json::array();
+      std::vector<std::size_t> lost;
       for (auto i : leaders) {
-        if (!settled.contains(i)) {
-          lost.push_back({{"s", commands[i].scope}, {"k", commands[i].idempotency_key}});
-        }
+        if (!settled.contains(i)) lost.push_back(i);
       }
       if (!lost.empty()) {
-        for (const auto& row : txn.exec_prepared(kLookup, to_json_text(lost), now_text)) take_row(row);
+        for (const auto& row : txn.exec_prepared(kLookup, key_array(commands, lost), now_text)) {
+          take_row(row);
+        }
       }
       if (!reclaim.empty()) {
         for (const auto& row : txn.exec_prepared(kReclaim, claim_array(commands, reclaim), now_text,
@@ -1023,13 +1002,13 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
       const auto outcomes = write_entities(dynamic_cast<pqxx::dbtransaction&>(txn), commands, claimed);
       verify_deployment(outcomes);
       json stored_rows = json::array();
-      json forgotten = json::array();
+      std::vector<std::size_t> forgotten;  // claimed keys whose payload Postgres refused
       for (std::size_t slot = 0; slot < claimed.size(); ++slot) {
         const auto i = claimed[slot];
         const Command& command = commands[i];
         const auto& outcome = outcomes[slot];
         if (outcome.kind == EntityOutcome::Kind::invalid) {
-          forgotten.push_back({{"s", command.scope}, {"k", command.idempotency_key}});
+          forgotten.push_back(i);
           results[i] = rejected_by_postgres(command, outcome, now);
           continue;
         }
@@ -1051,7 +1030,7 @@ std::vector<CommandResult> PostgresKeyStore::Impl::run(pqxx::transaction_base& t
         known.emplace(ids[i], std::move(stored));
       }
       if (!stored_rows.empty()) txn.exec_prepared0(kStoreResults, to_json_text(stored_rows));
-      if (!forgotten.empty()) txn.exec_prepared0(kForget, to_json_text(forgotten));
+      if (!forgotten.empty()) txn.exec_prepared0(kForget, key_array(commands, forgotten));
     }
 
     // 5. answer every pending command whose key is settled
