@@ -13,7 +13,6 @@ dedup_add_test(kafka_tests LABEL integration TIMEOUT 120
   SOURCES
     integration/kafka_client_test.cpp
     integration/worker_test.cpp
-    integration/worker_limits_test.cpp
     integration/kafka_security_test.cpp
   LIBS dedup_kafka_test_support)
 

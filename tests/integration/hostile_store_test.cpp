@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <pqxx/pqxx>
+#include <unistd.h>
 
 #include <chrono>
 #include <future>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "dedup/errors.hpp"
@@ -28,10 +30,16 @@ using test::record_raw;
 
 class HostileStoreTest : public ::testing::Test {
  protected:
-  HostileStoreTest()
-      : catalog_(CommandCatalog::from_yaml(schema_.hostile_config_yaml())),
-        store_({.conninfo = schema_.conninfo(), .schema = schema_.name()}, catalog_),
-        processor_(catalog_, store_, clock_, observer_, ParseOptions{}) {}
+  HostileStoreTest() { open(); }
+
+  // (Re)opens the store and the processor; `conninfo_suffix` e.g. " user=<role>".
+  void open(const std::string& conninfo_suffix = "") {
+    processor_.reset();
+    store_ = std::make_unique<PostgresKeyStore>(
+        PostgresOptions{.conninfo = schema_.conninfo() + conninfo_suffix, .schema = schema_.name()},
+        catalog_);
+    processor_ = std::make_unique<Processor>(catalog_, *store_, clock_, observer_, ParseOptions{});
+  }
 
   // A record whose value is the envelope around `payload` (raw JSON text, as a client sent it).
   InboundRecord specimen(const std::string& key, const std::string& payload,
@@ -41,7 +49,17 @@ class HostileStoreTest : public ::testing::Test {
                       {"commands", 0, next_offset_++});
   }
   std::vector<CommandResult> process(std::vector<InboundRecord> records) {
-    return processor_.process(records);
+    return processor_->process(records);
+  }
+  // For attacks whose failure mode is an exception (the worker would exit): reported as a failure
+  // naming it, with no results.
+  std::vector<CommandResult> process_or_fail(std::vector<InboundRecord> records) {
+    try {
+      return process(std::move(records));
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "a record's content stops the worker: " << e.what();
+      return {};
+    }
   }
   std::string text(std::string_view sql) const {
     pqxx::connection c(schema_.conninfo());
@@ -54,11 +72,11 @@ class HostileStoreTest : public ::testing::Test {
   }
 
   test::TestSchema schema_;
-  CommandCatalog catalog_;
+  CommandCatalog catalog_{CommandCatalog::from_yaml(schema_.hostile_config_yaml())};
   test::ManualClock clock_;
   Observer observer_;
-  PostgresKeyStore store_;
-  Processor processor_;
+  std::unique_ptr<PostgresKeyStore> store_;
+  std::unique_ptr<Processor> processor_;
   std::int64_t next_offset_ = 0;
 };
 
@@ -112,7 +130,7 @@ TEST_F(HostileStoreTest, EveryRefusalIsItsRecordsOwnOutcomeAndTheBatchGoesOn) {
   };
   std::vector<InboundRecord> batch;
   for (const auto& c : cases) batch.push_back(specimen(c.key, c.payload, c.type));
-  const auto results = processor_.process(batch);
+  const auto results = process(batch);
   ASSERT_EQ(results.size(), cases.size());
   std::size_t created = 0;
   for (std::size_t i = 0; i < cases.size(); ++i) {
@@ -135,7 +153,7 @@ TEST_F(HostileStoreTest, EveryRefusalIsItsRecordsOwnOutcomeAndTheBatchGoesOn) {
 
   // The same records read again (a crash before the offset commit): identical results.
   clock_.advance(10s);
-  const auto again = processor_.process(batch);
+  const auto again = process(batch);
   for (std::size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(cases[i].key);
     EXPECT_EQ(stable(again[i]), stable(results[i]));
@@ -264,7 +282,73 @@ TEST_F(HostileStoreTest, FastPathWritesNoEntityForAKeyAnotherTransactionClaimed)
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0].status, Status::key_reused) << describe(results[0]);
   EXPECT_EQ(count("specimens"), 0) << "an entity was written for a key another transaction owns";
-  EXPECT_EQ(store_.fast_path_fallbacks(), 1u) << "the guard must have fired";
+  EXPECT_EQ(store_->fast_path_fallbacks(), 1u) << "the guard must have fired";
+}
+
+// Found reviewing issue 8's fixes: a client retrying a command Postgres refuses puts many copies
+// of it in one batch, each the leader of a new "round" once the previous copy is refused; the
+// round limit (meant for key rows changing under the batch) turned that into a transient error
+// retried forever. Rounds that answer a command no longer count.
+TEST_F(HostileStoreTest, ManyCopiesOfARefusedCommandInOneBatchAreAllRejected) {
+  std::vector<InboundRecord> copies;
+  std::vector<InboundRecord> edits;  // a client editing a bad command under one key
+  for (int i = 0; i < 20; ++i) {
+    copies.push_back(specimen("retried", R"({"n":"not a number"})"));
+    edits.push_back(specimen("edited", R"({"n":"bad )" + std::to_string(i) + R"("})"));
+  }
+  for (const auto* batch : {&copies, &edits}) {
+    const auto results = process_or_fail(*batch);
+    ASSERT_EQ(results.size(), batch->size());
+    for (const auto& r : results) EXPECT_EQ(r.status, Status::rejected) << describe(r);
+  }
+}
+
+// Found reviewing issue 8's fixes: some "deployment" SQLSTATEs are raised by one record's values.
+// A row failing a row-level security policy's WITH CHECK raises 42501 (which libpqxx 6.4 throws
+// without its SQLSTATE); a regclass value naming nothing raises 42P01. Both stopped the worker on
+// every restart. Now the start-up checks run again on a fresh connection: they pass, so the
+// record is rejected; the probe of a key_reused command meets the same refusal and agrees.
+TEST_F(HostileStoreTest, DeploymentCodesRaisedByOneRecordsValuesAreThatRecordsOutcome) {
+  const std::string role = "hostile_rls_" + std::to_string(::getpid());
+  schema_.exec("DROP ROLE IF EXISTS " + role + "; CREATE ROLE " + role + " LOGIN; "
+               "GRANT USAGE ON SCHEMA {schema} TO " + role + "; "
+               "GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO " + role + "; "
+               "GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO " + role + "; "
+               "ALTER TABLE {schema}.specimens ADD COLUMN rel regclass; "
+               "ALTER TABLE {schema}.specimens ENABLE ROW LEVEL SECURITY; "
+               "CREATE POLICY small_n ON {schema}.specimens USING (true) "
+               "WITH CHECK (n IS NULL OR n < 100)");
+  open(" user=" + role);
+  const auto results = process_or_fail({specimen("ok", R"({"label":"fine","n":1})"),
+                                        specimen("rls", R"({"label":"big","n":500})"),
+                                        specimen("rel", R"({"rel":"no_such_table"})")});
+  if (results.size() == 3) {
+    EXPECT_EQ(results[0].status, Status::created) << describe(results[0]);
+    EXPECT_EQ(results[1].status, Status::rejected) << describe(results[1]);
+    EXPECT_NE(to_json_text(results[1].error).find("42501"), std::string::npos);
+    EXPECT_EQ(results[2].status, Status::rejected) << describe(results[2]);
+    EXPECT_NE(to_json_text(results[2].error).find("42P01"), std::string::npos);
+  }
+  const auto reused = process_or_fail({specimen("ok", R"({"label":"other","n":700})")});
+  if (reused.size() == 1) EXPECT_EQ(reused[0].status, Status::rejected) << describe(reused[0]);
+  processor_.reset();
+  store_.reset();
+  schema_.exec("DROP OWNED BY " + role + "; DROP ROLE " + role);
+}
+
+// now + key_ttl overflowed above ~106,751,991 days: expires_at landed in the past, every key was
+// born expired, and a resend wrote a second entity. Refused at start-up.
+TEST(HostileStoreConfigTest, AnAbsurdKeyTtlIsRefusedNamingTheFlag) {
+  test::TestSchema schema;
+  const auto catalog = CommandCatalog::from_yaml(schema.hostile_config_yaml());
+  try {
+    PostgresKeyStore store({.conninfo = schema.conninfo(), .schema = schema.name(),
+                            .key_ttl = std::chrono::hours(24) * 213'503'982LL},
+                           catalog);
+    ADD_FAILURE() << "a key TTL that overflows the clock was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "--key-ttl");
+  }
 }
 
 TEST(HostileStoreConfigTest, MissingInsertPrivilegeStopsStartUpNamingTheTable) {

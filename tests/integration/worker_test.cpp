@@ -200,6 +200,39 @@ TEST_F(WorkerTest, RecordsTooLargeForKafkaAreWrittenCutDownAndCommitted) {
                                .size()));
 }
 
+// Kafka charges every header its framing (two varints): counted, or a rejected record with 100,000
+// empty headers "weighed" nothing, its dead letter and the cut-down form were both refused, and
+// the batch was retried forever (found reviewing issue 8's fixes).
+TEST_F(WorkerTest, ARecordWithManyEmptyHeadersIsDeadLetteredAndCommitted) {
+  {
+    Observer quiet;
+    kafka::Producer big_writer({brokers_, {{"message.max.bytes", "100000000"}}}, quiet);
+    const std::vector<OutboundRecord> input = {
+        {"commands", "junk", "not json", std::vector<RecordHeader>(100'000, {"", std::nullopt})},
+        command("after")};
+    ASSERT_TRUE(big_writer.send_batch(input).ok());
+  }
+  WorkerOptions o = options();
+  o.kafka_settings["message.max.bytes"] = "150000";
+  RunningWorker running(o, processor_, observer_);
+  EXPECT_TRUE(eventually([&] { return observer_.published().size() == 2; }, 30s))
+      << "published " << observer_.published().size() << " of 2 results";
+  EXPECT_TRUE(eventually([&] { return total_committed() == 2; }, 5s));
+}
+
+// A cut-down dead letter needs up to ~24 KiB: a producer limit below 64 KiB could never carry
+// one, and its batch would be retried forever. Refused at start-up, naming the setting.
+TEST_F(WorkerTest, AMessageMaxBytesTooSmallForADeadLetterIsAConfigError) {
+  WorkerOptions o = options();
+  o.kafka_settings["message.max.bytes"] = "2000";
+  try {
+    Worker worker(o, processor_, observer_);
+    FAIL() << "a worker that can write no dead letter started";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "-X message.max.bytes");
+  }
+}
+
 TEST_F(WorkerTest, TransientDatabaseErrorRetriesTheBatchAndPublishesOnlyAfterSuccess) {
   store_.fail_transiently(3);
   std::vector<OutboundRecord> input = {command("a"), command("b"), command("c")};

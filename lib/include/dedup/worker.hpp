@@ -112,6 +112,9 @@ class Worker {
   Processor& processor_;
   Observer& observer_;
   Backoff backoff_;
+  // What a result or dead letter may weigh (dedup/outbound.hpp): the producer's
+  // message.max.bytes, less librdkafka's framing.
+  std::size_t output_max_bytes_ = 0;
   std::unique_ptr<kafka::Consumer> consumer_;
   std::unique_ptr<kafka::Producer> producer_;
 

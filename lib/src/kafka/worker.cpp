@@ -90,6 +90,7 @@ Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
                       "must be at least " + std::to_string(kMinMessageMaxBytes) +
                           ": a cut-down dead letter needs up to ~24 KiB");
   }
+  output_max_bytes_ = producer_->max_message_bytes() - kFramingAllowance;
   consumer_ = std::make_unique<kafka::Consumer>(
       kafka::ConsumerOptions{
           options_.brokers, options_.group, {options_.commands_topic}, options_.kafka_settings},
@@ -271,11 +272,8 @@ kafka::BatchDelivery Worker::publish(const std::vector<InboundRecord>& batch,
     std::size_t record;
     bool dead_letter;
   };
-  const std::size_t max_bytes = producer_->max_message_bytes() > kFramingAllowance
-                                    ? producer_->max_message_bytes() - kFramingAllowance
-                                    : producer_->max_message_bytes();
   auto build = [&](const Origin& origin, bool compact) {
-    const OutputLimit limit{max_bytes, compact};
+    const OutputLimit limit{output_max_bytes_, compact};
     const CommandResult& result = results[origin.record];
     return origin.dead_letter
                ? make_dead_letter(batch[origin.record], *result.rejection, options_.dlq_topic, limit)
