@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
@@ -99,9 +100,8 @@ class ExactParser {
       default:
         if (peek() == '-' || (peek() >= '0' && peek() <= '9')) return number(out);
         return fail(fmt::format("unexpected character '{}'",
-                                printable(text_.substr(pos_, utf8_sequence_width(text_, pos_)
-                                                                 ? utf8_sequence_width(text_, pos_)
-                                                                 : 1))));
+                                printable(text_.substr(pos_, std::max<std::size_t>(
+                                                                 1, utf8_sequence_width(text_, pos_))))));
     }
   }
 
@@ -113,58 +113,52 @@ class ExactParser {
   }
 
   bool object(json& out, std::size_t depth) {
-    if (!nested(depth)) return false;
-    ++pos_;  // {
     out = json::object();
     auto& members = out.get_ref<json::object_t&>();
-    skip_whitespace();
-    if (!at_end() && peek() == '}') {
-      ++pos_;
-      return true;
-    }
-    for (;;) {
-      skip_whitespace();
+    return elements(depth, '}', "an object", [&] {
       if (at_end() || peek() != '"') return fail("expected a member name");
       std::string name;
-      if (!string(name)) return false;
-      if (!expect(':', "expected ':' after a member name")) return false;
+      if (!string(name) || !expect(':', "expected ':' after a member name")) return false;
       skip_whitespace();
       json member;
       if (!value(member, depth)) return false;
       members[std::move(name)] = std::move(member);  // a repeated name: the last one wins
-      skip_whitespace();
-      if (at_end()) return fail("unexpected end of input in an object");
-      if (peek() == '}') {
-        ++pos_;
-        return true;
-      }
-      if (peek() != ',') return fail("expected ',' or '}' in an object");
-      ++pos_;
-    }
+      return true;
+    });
   }
 
   bool array(json& out, std::size_t depth) {
-    if (!nested(depth)) return false;
-    ++pos_;  // [
     out = json::array();
-    auto& elements = out.get_ref<json::array_t&>();
+    auto& items = out.get_ref<json::array_t&>();
+    return elements(depth, ']', "an array", [&] {
+      json item;
+      if (!value(item, depth)) return false;
+      items.push_back(std::move(item));
+      return true;
+    });
+  }
+
+  // The comma-separated elements of an object or an array, up to `close`, after its opening
+  // bracket: `read_one` reads one element.
+  template <typename ReadOne>
+  bool elements(std::size_t depth, char close, std::string_view what, ReadOne read_one) {
+    if (!nested(depth)) return false;
+    ++pos_;  // the opening bracket
     skip_whitespace();
-    if (!at_end() && peek() == ']') {
+    if (!at_end() && peek() == close) {
       ++pos_;
       return true;
     }
     for (;;) {
       skip_whitespace();
-      json element;
-      if (!value(element, depth)) return false;
-      elements.push_back(std::move(element));
+      if (!read_one()) return false;
       skip_whitespace();
-      if (at_end()) return fail("unexpected end of input in an array");
-      if (peek() == ']') {
+      if (at_end()) return fail(fmt::format("unexpected end of input in {}", what));
+      if (peek() == close) {
         ++pos_;
         return true;
       }
-      if (peek() != ',') return fail("expected ',' or ']' in an array");
+      if (peek() != ',') return fail(fmt::format("expected ',' or '{}' in {}", close, what));
       ++pos_;
     }
   }
