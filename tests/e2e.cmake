@@ -37,10 +37,8 @@ dedup_add_e2e(e2e_adversarial test_adversarial LABEL adversarial TIMEOUT 900)
 # per test), the newest tested 4.x; and what only a real broker shows, with the compatibility
 # matrix of docs/operations.md, once per tested version (4.x and the last 3.9.x).
 dedup_add_e2e(e2e_worker_kafka test_worker_e2e LABEL kafka ENV DEDUP_E2E_BROKER=kafka)
-# RejectedReplayTest is not run on real Kafka yet: in the CI rehearsal it re-read 5 records where
-# it expects 10 (its count assumes the dev broker's redelivery); open in the closing note.
 dedup_add_e2e(e2e_worker_crashes_kafka test_worker_robustness.CrashAtFailpointTest
-  LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_BROKER=kafka)
+  test_worker_robustness.RejectedReplayTest LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_BROKER=kafka)
 dedup_add_e2e(e2e_kafka_real_4.4.0 test_kafka_real LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_KAFKA_VERSION=4.4.0)
 dedup_add_e2e(e2e_kafka_real_3.9.2 test_kafka_real LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_KAFKA_VERSION=3.9.2)
 # Groups on a real broker (cooperative-sticky and eager churn, static membership), the broker

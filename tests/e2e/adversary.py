@@ -40,8 +40,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -724,31 +722,8 @@ class Member:
         return self.proc.process.poll()
 
 
-def http_get(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
 def scrape(member):
-    status, body = http_get(member.proc.metrics_url("/metrics"))
-    if status != 200:
-        raise AssertionError(f"{member.name}: /metrics answered {status}")
-    samples = collections.defaultdict(dict)
-    for line in body.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m:
-            labels = tuple(sorted(_LABEL.findall(m.group(2) or "")))
-            samples[m.group(1)][labels] = float(m.group(3))
-    return samples
+    return harness.scrape_metrics(member.proc)
 
 
 class Cluster(contextlib.ExitStack):

@@ -8,15 +8,19 @@ private cluster with PrivatePostgres instead. DEDUP_E2E_BROKER=kafka runs the su
 make_broker() on a real Apache Kafka broker instead of the dev broker (scripts/kafka; version:
 DEDUP_E2E_KAFKA_VERSION), see RealKafka at the end of this file.
 """
+import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -411,6 +415,57 @@ def end_offsets(bootstrap, topic):
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
     finally:
         consumer.close()
+
+
+# --- HTTP and the Prometheus text format (the worker's /metrics) ---------------------------------
+
+def http_get(url, timeout=5):
+    """(status, body text); an HTTP error status is returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _unescape(value):
+    return value.replace(r"\n", "\n").replace(r'\"', '"').replace("\\\\", "\\")
+
+
+def parse_metrics(text):
+    """The Prometheus text format (0.0.4) as {name: {frozenset(labels.items()): value}}."""
+    samples = collections.defaultdict(dict)
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line.strip())
+        if not match:
+            raise AssertionError(f"unparseable /metrics line: {line!r}")
+        name, labels_text, value = match.groups()
+        labels = {}
+        if labels_text:
+            consumed = 0
+            for label in _LABEL.finditer(labels_text):
+                if label.start() != consumed:
+                    raise AssertionError(f"unparseable labels in /metrics line: {line!r}")
+                labels[label.group(1)] = _unescape(label.group(2))
+                consumed = label.end()
+            if consumed != len(labels_text):
+                raise AssertionError(f"unparseable labels in /metrics line: {line!r}")
+        samples[name][frozenset(labels.items())] = float(value)
+    return samples
+
+
+def scrape_metrics(worker):
+    """A worker's /metrics, parsed (parse_metrics); asserts it answered 200."""
+    status, body = http_get(worker.metrics_url("/metrics"))
+    if status != 200:
+        raise AssertionError(f"/metrics answered {status}: {body[:200]}")
+    return parse_metrics(body)
 
 
 def http_status(url, timeout=2.0):

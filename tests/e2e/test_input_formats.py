@@ -5,7 +5,6 @@ import json
 import os
 import tempfile
 import unittest
-import urllib.request
 
 import harness
 from harness import Database, TopicReader, Worker, make_broker, produce, wait_for
@@ -150,11 +149,8 @@ class MappedTest(InputFormatCase):
         self.assertEqual(self.db.count("public.todos"), 2)
         # The record without a key in any place counts as missing a key.
         def missing_keys():
-            with urllib.request.urlopen(self.worker.metrics_url(), timeout=5) as response:
-                for line in response.read().decode().splitlines():
-                    if line.startswith("dedup_missing_key_total{") and 'type="todo.create"' in line:
-                        return float(line.rsplit(" ", 1)[1])
-            return 0.0
+            samples = harness.scrape_metrics(self.worker).get("dedup_missing_key_total", {})
+            return sum(v for labels, v in samples.items() if ("type", "todo.create") in labels)
         wait_for(lambda: missing_keys() == 1.0, 10, "dedup_missing_key_total == 1")
 
 

@@ -22,7 +22,7 @@ import urllib.request
 
 from confluent_kafka import Producer
 
-from harness import (ROOT, Broker, Database, ManagedProcess, Worker, command, free_port, produce, read_topic,
+from harness import (ROOT, http_get, scrape_metrics as scrape, Broker, Database, ManagedProcess, Worker, command, free_port, produce, read_topic,
                      results_by_source, wait_for)
 
 RULES_FILE = os.path.join(ROOT, "monitoring", "rules", "dedup-worker.rules.yml")
@@ -38,15 +38,6 @@ NAMESPACE = "e2e-observability"
 
 # --- HTTP and the Prometheus text format ---------------------------------------------------------
 
-def http_get(url, timeout=5):
-    """(status, body text); an HTTP error status is returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def probe(url):
     """(status, body without surrounding whitespace) of a health endpoint."""
     status, body = http_get(url)
@@ -61,43 +52,7 @@ def try_http_get(url, timeout=5):
         return None, ""
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
 
-
-def _unescape(value):
-    return value.replace(r"\n", "\n").replace(r'\"', '"').replace("\\\\", "\\")
-
-
-def parse_metrics(text):
-    """The Prometheus text format (0.0.4) as {name: {frozenset(labels.items()): value}}."""
-    samples = collections.defaultdict(dict)
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line.strip())
-        if not match:
-            raise AssertionError(f"unparseable /metrics line: {line!r}")
-        name, labels_text, value = match.groups()
-        labels = {}
-        if labels_text:
-            consumed = 0
-            for label in _LABEL.finditer(labels_text):
-                if label.start() != consumed:
-                    raise AssertionError(f"unparseable labels in /metrics line: {line!r}")
-                labels[label.group(1)] = _unescape(label.group(2))
-                consumed = label.end()
-            if consumed != len(labels_text):
-                raise AssertionError(f"unparseable labels in /metrics line: {line!r}")
-        samples[name][frozenset(labels.items())] = float(value)
-    return samples
-
-
-def scrape(worker):
-    status, body = http_get(worker.metrics_url("/metrics"))
-    if status != 200:
-        raise AssertionError(f"/metrics answered {status}: {body[:200]}")
-    return parse_metrics(body)
 
 
 def by_label(samples, name, label):

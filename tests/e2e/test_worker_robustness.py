@@ -301,6 +301,10 @@ class RejectedReplayTest(RobustnessCase):
         self.start_worker(name="survivor")
         self.wait_all(sources)
         self.wait_committed()
+        # The survivor's results are acknowledged before its commit, but this reader may not have
+        # polled them yet (a real broker commits quickly): wait for them, then check none extra.
+        self.results.wait_for_count(len(records) + len(acknowledged), timeout=60)
+        self.results.settle(idle=1.0)
         self.assertEqual(len(self.results.messages), len(records) + len(acknowledged), "re-read once")
         first = {}
         for message in self.results.messages:

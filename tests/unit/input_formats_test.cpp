@@ -266,10 +266,8 @@ TEST(CloudEventsInputTest, TheResultIsACloudEventNamingTheOneItAnswers) {
   result.cloudevent = CloudEventIdentity{"e-1", "/orders", "com.example.todo.created"};
   const auto record = make_result_record(result, "events.results", {1 << 20, false});
   auto header_value = [&](std::string_view name) {
-    for (const auto& h : record.headers) {
-      if (h.name == name) return h.value.value_or("<null>");
-    }
-    return std::string("<missing>");
+    const auto* header = record.find_header(name);
+    return header ? header->value.value_or("<null>") : std::string("<missing>");
   };
   EXPECT_EQ(header_value("ce_specversion"), "1.0");
   EXPECT_EQ(header_value("ce_id"), "events:2:41");

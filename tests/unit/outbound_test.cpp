@@ -22,13 +22,6 @@ CommandResult created(std::string scope, std::string key, json entity) {
   return result;
 }
 
-const RecordHeader* find(const OutboundRecord& record, std::string_view name) {
-  for (const auto& h : record.headers) {
-    if (h.name == name) return &h;
-  }
-  return nullptr;
-}
-
 // Regression (issue 8, point 6): ("a/b", "c") and ("a", "b/c") shared the key "a/b/c".
 TEST(ResultRecordKeyTest, SlashAndPercentAreEncodedSoScopesNeverCollide) {
   EXPECT_EQ(created("org-1", "k-1", nullptr).record_key(), "org-1/k-1");
@@ -83,7 +76,7 @@ TEST(DeadLetterTest, KeepsTheOriginalWhenItFits) {
   EXPECT_EQ(dead.value, record.value);
   EXPECT_EQ(dead.key, record.key);
   EXPECT_EQ(dead.headers.size(), record.headers.size() + 5);
-  EXPECT_EQ(find(dead, kDlqTruncatedHeader), nullptr);
+  EXPECT_EQ(dead.find_header(kDlqTruncatedHeader), nullptr);
 }
 
 // Regression (issue 8, defect 3): a compressible 1.2 MB record's dead letter exceeded the
@@ -95,13 +88,13 @@ TEST(DeadLetterTest, CutsDownWhatDoesNotFitAndSaysHow) {
   EXPECT_LE(payload_bytes(dead), 1'000'000u);
   EXPECT_EQ(dead.value, record.value->substr(0, kDlqValuePrefixBytes));
   EXPECT_EQ(dead.key, record.key->substr(0, kDlqKeyPrefixBytes));
-  ASSERT_NE(find(dead, kDlqTruncatedHeader), nullptr);
-  EXPECT_EQ(find(dead, kDlqTruncatedHeader)->value, "key,value");
-  EXPECT_EQ(find(dead, kDlqOriginalSizeHeader)->value, "1200000");
-  EXPECT_EQ(find(dead, kDlqOriginalSha256Header)->value, to_hex(sha256(*record.value)));
-  EXPECT_EQ(find(dead, kDlqErrorCodeHeader)->value, "too_large");
-  EXPECT_EQ(find(dead, kDlqSourceOffsetHeader)->value, "99");
-  EXPECT_EQ(find(dead, "trace")->value, "t-1");  // small original headers are kept
+  ASSERT_NE(dead.find_header(kDlqTruncatedHeader), nullptr);
+  EXPECT_EQ(dead.find_header(kDlqTruncatedHeader)->value, "key,value");
+  EXPECT_EQ(dead.find_header(kDlqOriginalSizeHeader)->value, "1200000");
+  EXPECT_EQ(dead.find_header(kDlqOriginalSha256Header)->value, to_hex(sha256(*record.value)));
+  EXPECT_EQ(dead.find_header(kDlqErrorCodeHeader)->value, "too_large");
+  EXPECT_EQ(dead.find_header(kDlqSourceOffsetHeader)->value, "99");
+  EXPECT_EQ(dead.find_header("trace")->value, "t-1");  // small original headers are kept
 }
 
 TEST(DeadLetterTest, DropsOriginalHeadersThatAreTooLarge) {
@@ -109,8 +102,8 @@ TEST(DeadLetterTest, DropsOriginalHeadersThatAreTooLarge) {
   for (int i = 0; i < 100; ++i) record.headers.push_back({"h", std::string(1000, 'h')});
   const auto dead = make_dead_letter(record, {RejectCode::invalid_json, "bad"}, "dlq", {50'000});
   EXPECT_LE(payload_bytes(dead), 50'000u);
-  EXPECT_EQ(find(dead, kDlqTruncatedHeader)->value, "headers");
-  EXPECT_EQ(find(dead, "trace"), nullptr);
+  EXPECT_EQ(dead.find_header(kDlqTruncatedHeader)->value, "headers");
+  EXPECT_EQ(dead.find_header("trace"), nullptr);
   EXPECT_EQ(dead.value, record.value);
 }
 

@@ -49,6 +49,11 @@ struct OutboundRecord {
   std::optional<std::string> value;
   std::vector<RecordHeader> headers;
   std::int32_t partition = -1;  // -1: chosen from the key by the producer's partitioner
+
+  // The first header with this name, if any.
+  const RecordHeader* find_header(std::string_view name) const {
+    return dedup::find_header(headers, name);
+  }
 };
 
 // Key, value, header names and values: what counts against a message size limit, less the

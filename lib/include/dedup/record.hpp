@@ -5,6 +5,8 @@
 #include <compare>
 #include <cstdint>
 #include <optional>
+#include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,15 @@ struct RecordHeader {
   std::optional<std::string> value;  // bytes; nullopt for a header with a null value
 };
 
+// The first header named `name`, or nullptr.
+inline const RecordHeader* find_header(std::span<const RecordHeader> headers,
+                                       std::string_view name) {
+  for (const auto& header : headers) {
+    if (header.name == name) return &header;
+  }
+  return nullptr;
+}
+
 struct InboundRecord {
   SourcePosition source;
   std::optional<std::string> key;    // bytes, nullopt for a null key
@@ -36,12 +47,9 @@ struct InboundRecord {
   // mistaken for one read after it was assigned again (kafka::Consumer::drop_unowned).
   std::uint64_t assignment = 0;
 
-  // The value of the first header with this name, if any.
+  // The first header with this name, if any.
   const RecordHeader* find_header(std::string_view name) const {
-    for (const auto& header : headers) {
-      if (header.name == name) return &header;
-    }
-    return nullptr;
+    return dedup::find_header(headers, name);
   }
 };
 
