@@ -279,6 +279,33 @@ TEST_F(KafkaClientTest, ReassignedPartitionKeepsRecordsReadAfterTheNewAssignment
   EXPECT_EQ(seen.size(), 4u) << "every record, before and after, is delivered again and kept";
 }
 
+// A failed offset commit (the coordinator refused it) is kept and committed later — with the next
+// commit, or by retry_failed_commits() while no batch comes — as long as the partition is still
+// ours under the same assignment. Before, an idle partition's committed offset stayed behind its
+// published results until its next record.
+TEST_F(KafkaClientTest, AFailedCommitIsCommittedLaterWhileThePartitionIsStillOurs) {
+  cluster_.create_topic("commits", 1);
+  write_records(brokers_, std::vector<OutboundRecord>{{"commits", "k", "v", {}, 0}});
+  const std::string group = unique_name("commits");
+  Observer observer;
+  Consumer consumer({brokers_, group, {"commits"}, fast_group_settings()}, observer);
+  std::vector<InboundRecord> batch;
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (batch.empty() && std::chrono::steady_clock::now() < deadline) {
+    batch = consumer.poll_batch(10, 1 << 20, 100ms);
+  }
+  ASSERT_EQ(batch.size(), 1u);
+  cluster_.push_request_errors(ApiKey::offset_commit,
+                               {RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED});
+  const auto failed = consumer.commit(next_offsets(batch));
+  ASSERT_FALSE(failed.ok) << "the injected error did not reach the commit";
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "commits", 1).at(0), RD_KAFKA_OFFSET_INVALID);
+
+  EXPECT_TRUE(consumer.retry_failed_commits().ok);
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "commits", 1).at(0), 1);
+  EXPECT_TRUE(consumer.retry_failed_commits().ok) << "nothing left to retry";
+}
+
 TEST_F(KafkaClientTest, ProducerWaitsForEveryAcknowledgement) {
   cluster_.create_topic("acks", 2);
   cluster_.set_rtt(-1, 300);  // every response takes 300 ms

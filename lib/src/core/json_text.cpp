@@ -477,7 +477,7 @@ std::optional<std::size_t> utf8_length(std::string_view text) noexcept {
 std::string truncate_utf8(std::string_view text, std::size_t max_bytes) {
   if (text.size() <= max_bytes) return std::string(text);
   constexpr std::string_view kEllipsis = "\xe2\x80\xa6";  // …
-  if (max_bytes < kEllipsis.size()) return std::string(kEllipsis.substr(0, 0));
+  if (max_bytes < kEllipsis.size()) return {};
   std::size_t end = max_bytes - kEllipsis.size();
   // Back up to the start of a sequence: continuation bytes are 10xxxxxx.
   while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xc0) == 0x80) --end;

@@ -175,6 +175,7 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
 void Consumer::forget(const std::set<TopicPartition>& partitions) {
   for (const TopicPartition& tp : partitions) {
     assigned_.erase(tp);
+    failed_commits_.erase(tp);  // the new owner reads from the committed offset
     observer_.on_partition_revoked(tp.second);
   }
   // Fetched-but-unhandled records of these partitions are dropped: after a reassignment, fetching
@@ -242,11 +243,20 @@ void Consumer::serve(std::chrono::milliseconds duration) {
 }
 
 CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
-  if (offsets.empty()) return {};
-  TopicPartitionListPtr list = make_partition_list(static_cast<int>(offsets.size()));
-  for (const PartitionOffset& o : offsets) {
-    rd_kafka_topic_partition_list_add(list.get(), o.topic.c_str(), o.partition)->offset =
-        o.next_offset;
+  // These offsets, and those whose commit failed before, for partitions still ours under the
+  // same assignment (a newer offset of the same partition supersedes a failed one).
+  std::map<TopicPartition, std::int64_t> next;
+  for (const auto& [tp, failed] : failed_commits_) {
+    const auto owner = assigned_.find(tp);
+    if (owner != assigned_.end() && owner->second == failed.assignment) next[tp] = failed.next_offset;
+  }
+  for (const PartitionOffset& o : offsets) next[{o.topic, o.partition}] = o.next_offset;
+  failed_commits_.clear();
+  if (next.empty()) return {};
+
+  TopicPartitionListPtr list = make_partition_list(static_cast<int>(next.size()));
+  for (const auto& [tp, offset] : next) {
+    rd_kafka_topic_partition_list_add(list.get(), tp.first.c_str(), tp.second)->offset = offset;
   }
   rd_kafka_resp_err_t err = rd_kafka_commit(handle_.get(), list.get(), /*async=*/0);
   std::string where;
@@ -258,8 +268,21 @@ CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
     }
   }
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return {};
+  // Kept for the next commit, or for retry_failed_commits() while no batch comes: otherwise an
+  // idle partition's committed offset would stay behind its published results (lag alerts, and
+  // a replay of the whole tail after the next rebalance).
+  for (const auto& [tp, offset] : next) {
+    if (const auto owner = assigned_.find(tp); owner != assigned_.end()) {
+      failed_commits_[tp] = {offset, owner->second};
+    }
+  }
   observer_.on_kafka_error(rd_kafka_err2name(err));
   return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};
+}
+
+CommitOutcome Consumer::retry_failed_commits() {
+  if (failed_commits_.empty()) return {};
+  return commit({});
 }
 
 void Consumer::pause_all() noexcept {

@@ -134,7 +134,12 @@ int Worker::run() {
           options_.max_batch_records, options_.max_batch_bytes, options_.max_batch_wait);
       stop_if_kafka_refuses_access();
       drop_unowned(batch);
-      if (batch.empty()) continue;
+      if (batch.empty()) {
+        if (const auto retried = consumer_->retry_failed_commits(); !retried.ok) {
+          spdlog::debug("offset commit retry failed (tried again while idle): {}", retried.error);
+        }
+        continue;
+      }
       if (handle_batch(batch) == BatchOutcome::abandoned) break;
     }
 
@@ -216,10 +221,10 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
     drop_unowned(batch);
     const kafka::CommitOutcome commit = consumer_->commit(kafka::next_offsets(batch));
     if (!commit.ok) {
-      // The results are out; the records will be read again and their results replayed. A later
-      // commit of the same partitions covers these offsets too.
-      spdlog::warn("offset commit failed (records may be redelivered and replayed): {}",
-                   commit.error);
+      // The results are out. The consumer keeps the offsets and commits them with the next
+      // commit (or while idle) if the partitions stay ours; if they move, their new owner reads
+      // the records again and replays the same results.
+      spdlog::warn("offset commit failed (kept for the next commit): {}", commit.error);
     }
     break;
   }

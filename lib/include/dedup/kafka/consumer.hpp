@@ -79,10 +79,16 @@ class Consumer {
   // Records that arrive are kept, in order, for the next poll_batch. Throws as poll_batch.
   void serve(std::chrono::milliseconds duration);
 
-  // Synchronously commits these offsets. A failure (rebalance in progress, coordinator moved,
-  // partition no longer ours) is a value: the records will be read again and their results
+  // Synchronously commits these offsets, with any whose commit failed before and whose
+  // partition is still ours under the same assignment. A failure (rebalance in progress,
+  // coordinator moved, partition no longer ours) is a value: the offsets are kept for the next
+  // commit, and if the partition moves meanwhile its records are read again and their results
   // replayed, so the caller logs it and carries on. Never throws but std::bad_alloc.
   CommitOutcome commit(std::span<const PartitionOffset> offsets);
+
+  // Commits the offsets whose commit failed, if any (commit({})). For an idle loop: a partition
+  // that gets no new batch would otherwise never have them committed.
+  CommitOutcome retry_failed_commits();
 
   // Pauses / resumes fetching from every assigned partition. While paused, partitions assigned by
   // a rebalance are paused as well. Never throw; failures are reported to the observer.
@@ -139,6 +145,12 @@ class Consumer {
   bool paused_ = false;
   bool closed_ = false;
   AccessError access_error_;
+  // Offsets whose commit failed, with the assignment they were read under.
+  struct FailedCommit {
+    std::int64_t next_offset;
+    std::uint64_t assignment;
+  };
+  std::map<TopicPartition, FailedCommit> failed_commits_;
 };
 
 }  // namespace dedup::kafka
