@@ -138,7 +138,10 @@ std::vector<InputPlace> parse_places(const YAML::Node& node, const std::string& 
         return c > 0x20 && c < 0x7f && c != ':';
       });
       if (!token) throw ConfigError(item_field, "'" + text + "' names no header");
-      places.push_back({InputPlace::Kind::header, name, {}});
+      InputPlace header;
+      header.kind = InputPlace::Kind::header;
+      header.text = name;
+      places.push_back(std::move(header));
       continue;
     }
     places.push_back(pointer_place(text, item_field, "header:NAME or a JSON pointer"));
