@@ -7,10 +7,13 @@ dedup_component(core
     src/core/duration.cpp
     src/core/fingerprint.cpp
     src/core/input_formats.cpp
-    src/core/json_text.cpp
+    src/core/json_parse.cpp
+    src/core/json_write.cpp
     src/core/logging.cpp
     src/core/outbound.cpp
     src/core/processor.cpp
     src/core/result.cpp
+    src/core/stop_signals.cpp
+    src/core/utf8.cpp
   PUBLIC_LIBS nlohmann_json::nlohmann_json
   PRIVATE_LIBS OpenSSL::Crypto yaml-cpp fmt::fmt spdlog::spdlog)

@@ -2,7 +2,9 @@
 # broker to install, no fake of Kafka). None of them needs Postgres: the worker suites put a real
 # Processor over an in-memory KeyStore; the end-to-end runs with Postgres live in the lead's suites.
 add_library(dedup_kafka_test_support STATIC support/kafka_test_util.cpp)
-target_link_libraries(dedup_kafka_test_support PUBLIC dedup_test_support dedup::kafka)
+# The suites drive librdkafka directly too (producers, consumers, fault injection on the mock).
+target_link_libraries(dedup_kafka_test_support
+  PUBLIC dedup_test_support dedup::kafka dedup::kafka_mock dedup::worker PkgConfig::RDKAFKA)
 
 # A worker process for crash tests: runs a Worker over an in-memory store until a DEDUP_FAILPOINT
 # kills it (see worker_crash_test.cpp).

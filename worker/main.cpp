@@ -16,11 +16,13 @@
 #include "dedup/errors.hpp"
 #include "dedup/json_text.hpp"
 #include "dedup/kafka/admin.hpp"
+#include "dedup/kafka/settings.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/metrics.hpp"
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
+#include "dedup/stop_signals.hpp"
 #include "dedup/worker.hpp"
 
 #ifndef DEDUP_VERSION
@@ -91,7 +93,6 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   const auto catalog = dedup::CommandCatalog::from_file(flags.config);
   const auto key_ttl = dedup::parse_duration(flags.key_ttl, "--key-ttl");
   if (key_ttl < std::chrono::minutes(1)) throw ConfigError("--key-ttl", "must be at least 1m");
-  if (flags.max_batch == 0) throw ConfigError("--max-batch", "must be at least 1");
   if (flags.max_message_bytes == 0) throw ConfigError("--max-message-bytes", "must be at least 1");
 
   std::vector<std::string> types;
@@ -126,6 +127,7 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   options.max_batch_wait = dedup::parse_duration(flags.batch_wait, "--batch-wait");
   options.drain_timeout = dedup::parse_duration(flags.drain_timeout, "--drain-timeout");
   options.cleanup_interval = dedup::parse_duration(flags.cleanup_interval, "--cleanup-interval");
+  options.failpoint = dedup::failpoint_from_environment();
   options.cleanup = [&] {
     observer.on_keys_expired(dedup::cleanup_expired_keys(database.db, database.schema, clock.now()));
   };

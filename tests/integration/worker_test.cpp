@@ -347,11 +347,23 @@ TEST_F(WorkerTest, RefusesAConfigurationThatWouldLoopOrLoseGuarantees) {
   o.kafka_settings["enable.auto.commit"] = "true";
   EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
 
+  o = options();
+  o.max_batch_records = 0;
+  EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
+  o = options();
+  o.cleanup_interval = std::chrono::milliseconds::zero();
+  EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
+
   ::setenv(kFailpointEnv, "no_such_point", 1);
-  EXPECT_THROW(Worker(options(), processor_, observer_), ConfigError);
+  EXPECT_THROW(failpoint_from_environment(), ConfigError);
   ::setenv(kFailpointEnv, "after_db_commit:0", 1);
-  EXPECT_THROW(Worker(options(), processor_, observer_), ConfigError);
+  EXPECT_THROW(failpoint_from_environment(), ConfigError);
+  ::setenv(kFailpointEnv, "after_db_commit:3", 1);
+  const Failpoint armed = failpoint_from_environment();
+  EXPECT_EQ(armed.name, "after_db_commit");
+  EXPECT_EQ(armed.hit, 3);
   ::unsetenv(kFailpointEnv);
+  EXPECT_TRUE(failpoint_from_environment().name.empty());
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
     options.commands_topic = argv[3];
     options.max_batch_records = static_cast<std::size_t>(std::atoi(argv[4]));
     options.kafka_settings = dedup::test::fast_group_settings();
+    options.failpoint = dedup::failpoint_from_environment();
     // This process is going to die without leaving the group: the shorter its session, the
     // sooner the successor gets the partition.
     options.kafka_settings["session.timeout.ms"] = "3000";

@@ -7,14 +7,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <functional>
 #include <memory>
-#include <string>
 
 #include "dedup/backoff.hpp"
-#include "dedup/kafka/handles.hpp"
 #include "dedup/observer.hpp"
 #include "dedup/processor.hpp"
+#include "dedup/stop_signals.hpp"
+#include "dedup/worker_options.hpp"
 
 namespace dedup {
 
@@ -24,44 +23,7 @@ class Producer;
 struct BatchDelivery;
 }  // namespace kafka
 
-struct WorkerOptions {
-  std::string brokers;                 // --brokers
-  std::string group = "dedup-worker";  // --group
-  std::string commands_topic = "commands";
-  std::string results_topic;            // empty: <commands_topic>.results
-  std::string dlq_topic;                // empty: <commands_topic>.dlq
-  kafka::KafkaSettings kafka_settings;  // -X key=value, for the consumer and the producer
-
-  std::size_t max_batch_records = 500;
-  std::size_t max_batch_bytes = 16 * 1024 * 1024;
-  std::chrono::milliseconds max_batch_wait{200};  // wait for the first record of a batch
-
-  // On shutdown, how long the in-flight batch may still take (processing, publishing, retries).
-  // Keep below the pod's terminationGracePeriodSeconds.
-  std::chrono::milliseconds drain_timeout{20'000};
-
-  // Backoff between retries of a batch (database unavailable, publishing failed): exponential
-  // from `backoff_initial`, capped at `backoff_max`, each wait randomized to [50%, 100%].
-  std::chrono::milliseconds backoff_initial{200};
-  std::chrono::milliseconds backoff_max{30'000};
-
-  // Run from the loop every `cleanup_interval` (first run one interval after start). Exceptions
-  // it throws are logged and ignored: expired keys are treated as absent anyway (SPEC §4).
-  std::function<void()> cleanup;
-  std::chrono::milliseconds cleanup_interval{300'000};
-
-  std::chrono::milliseconds lag_report_interval{5'000};
-};
-
-// Failpoints, FOR CRASH TESTS ONLY: with DEDUP_FAILPOINT=<name>[:<n>] in the environment, the
-// worker kills itself with SIGKILL the n-th time (default 1st) it reaches <name>:
-//   after_db_commit       the batch is committed in Postgres, nothing published
-//   after_results_acked   results and dead letters acknowledged, offsets not committed
-//   before_offset_commit  observer notified, right before the offset commit
-// Unset in production; an unknown name is a ConfigError("DEDUP_FAILPOINT", ...).
-inline constexpr const char* kFailpointEnv = "DEDUP_FAILPOINT";
-
-class Worker {
+class Worker final : public Stoppable {
  public:
   // Creates the consumer (subscribed) and the producer. The processor and observer are borrowed
   // and must outlive the worker. Throws ConfigError for a bad option or -X setting (exit 2) and
@@ -79,7 +41,7 @@ class Worker {
 
   // Asks run() to finish the in-flight batch and return. Async-signal-safe (one lock-free atomic
   // store), so it may be called from a SIGTERM handler; thread-safe.
-  void request_stop() noexcept;
+  void request_stop() noexcept override;
 
   // For /readyz: partitions are assigned, the database answered the last batch, and no stop was
   // requested. Thread-safe.
@@ -124,24 +86,6 @@ class Worker {
   std::chrono::steady_clock::time_point next_cleanup_{};
   std::chrono::steady_clock::time_point next_lag_report_{};
 
-  std::string failpoint_name_;  // empty: none
-  long failpoint_countdown_ = 0;
-};
-
-static_assert(std::atomic<bool>::is_always_lock_free, "request_stop must be async-signal-safe");
-
-// Routes SIGTERM and SIGINT to worker.request_stop() while alive; restores the previous handlers
-// when destroyed. One at a time (throws std::logic_error if another is alive).
-class StopSignals {
- public:
-  explicit StopSignals(Worker& worker);
-  ~StopSignals();
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-
- private:
-  struct sigaction_storage;
-  std::unique_ptr<sigaction_storage> previous_;
 };
 
 }  // namespace dedup

@@ -5,11 +5,9 @@
 #pragma once
 
 #include <librdkafka/rdkafka.h>
-#include <librdkafka/rdkafka_mock.h>
 
 #include <chrono>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +15,7 @@
 #include <vector>
 
 #include "dedup/errors.hpp"
+#include "dedup/kafka/settings.hpp"
 
 namespace dedup::kafka {
 
@@ -49,9 +48,6 @@ struct TopicDeleter {
 struct MetadataDeleter {
   void operator()(const rd_kafka_metadata_t* p) const noexcept { rd_kafka_metadata_destroy(p); }
 };
-struct MockClusterDeleter {
-  void operator()(rd_kafka_mock_cluster_t* p) const noexcept { rd_kafka_mock_cluster_destroy(p); }
-};
 
 using HandlePtr = std::unique_ptr<rd_kafka_t, HandleDeleter>;
 using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
@@ -62,33 +58,6 @@ using HeadersPtr = std::unique_ptr<rd_kafka_headers_t, HeadersDeleter>;
 using ErrorPtr = std::unique_ptr<rd_kafka_error_t, ErrorDeleter>;
 using TopicPtr = std::unique_ptr<rd_kafka_topic_t, TopicDeleter>;
 using MetadataPtr = std::unique_ptr<const rd_kafka_metadata_t, MetadataDeleter>;
-using MockClusterPtr = std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter>;
-
-// librdkafka configuration keys we set. Anything else reaches librdkafka only through the
-// user's `-X key=value` passthrough (TLS, SASL, tuning).
-namespace config_key {
-inline constexpr const char* kBootstrapServers = "bootstrap.servers";
-inline constexpr const char* kClientId = "client.id";
-inline constexpr const char* kGroupId = "group.id";
-inline constexpr const char* kEnableAutoCommit = "enable.auto.commit";
-inline constexpr const char* kEnableAutoOffsetStore = "enable.auto.offset.store";
-inline constexpr const char* kAutoOffsetReset = "auto.offset.reset";
-inline constexpr const char* kEnableIdempotence = "enable.idempotence";
-inline constexpr const char* kAcks = "acks";
-inline constexpr const char* kMessageTimeoutMs = "message.timeout.ms";
-inline constexpr const char* kMessageMaxBytes = "message.max.bytes";
-inline constexpr const char* kLingerMs = "linger.ms";
-inline constexpr const char* kCompressionType = "compression.type";
-inline constexpr const char* kSessionTimeoutMs = "session.timeout.ms";
-inline constexpr const char* kHeartbeatIntervalMs = "heartbeat.interval.ms";
-inline constexpr const char* kMaxPollIntervalMs = "max.poll.interval.ms";
-inline constexpr const char* kPartitionAssignmentStrategy = "partition.assignment.strategy";
-inline constexpr const char* kLogConnectionClose = "log.connection.close";
-}  // namespace config_key
-
-// librdkafka properties as `-X key=value` gives them. Ordered so that applying them is
-// deterministic and error messages come in a stable order.
-using KafkaSettings = std::map<std::string, std::string, std::less<>>;
 
 // A Kafka failure the caller cannot treat as business as usual: a handle that cannot be created,
 // a fatal error raised by librdkafka (producer fenced, idempotence guarantee broken), a subscribe
@@ -123,16 +92,6 @@ ConfPtr make_conf(const KafkaSettings& settings);
 
 // Sets one property. Throws ConfigError("-X <key>", ...) when librdkafka refuses it.
 void set_conf(rd_kafka_conf_t* conf, std::string_view key, std::string_view value);
-
-// The value of `key` in `settings`, or nullptr.
-const std::string* find_setting(const KafkaSettings& settings, std::string_view key);
-
-// librdkafka properties from the environment, for secrets that must not appear in a process's
-// arguments: DEDUP_KAFKA_SASL_PASSWORD=... is sasl.password=... (after the prefix: lower case,
-// '_' -> '.'; librdkafka's property names contain no '_', so the mapping is exact). `environment`
-// is a null-terminated array of "NAME=value" strings, as `environ`. Never throws but bad_alloc.
-inline constexpr std::string_view kKafkaEnvPrefix = "DEDUP_KAFKA_";
-KafkaSettings settings_from_environment(const char* const* environment);
 
 // Creates a client handle; takes ownership of `conf` only on success (librdkafka's rule, hidden
 // here). Throws ConfigError("-X", ...) when librdkafka rejects the configuration as a whole

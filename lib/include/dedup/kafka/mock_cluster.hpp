@@ -21,6 +21,9 @@
 #include <string_view>
 #include <vector>
 
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>  // after rdkafka.h, which it requires
+
 #include "dedup/kafka/handles.hpp"
 
 namespace dedup::kafka {
@@ -50,6 +53,11 @@ struct TopicSpec {
 // "name" or "name:partitions". Throws ConfigError(`flag`, ...) for an empty name or a partition
 // count that is not a positive integer.
 TopicSpec parse_topic_spec(std::string_view text, std::string_view flag = "--topic");
+
+struct MockClusterDeleter {
+  void operator()(rd_kafka_mock_cluster_t* p) const noexcept { rd_kafka_mock_cluster_destroy(p); }
+};
+using MockClusterPtr = std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter>;
 
 class MockCluster {
  public:

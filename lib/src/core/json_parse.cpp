@@ -1,45 +1,19 @@
-#include "dedup/json_text.hpp"
-
+// parse_json: the strict RFC 8259 parser that keeps every number exactly, and the exact-number
+// values it produces (dedup/json_text.hpp).
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <charconv>
 #include <vector>
 
+#include "core/utf8.hpp"
+#include "dedup/json_text.hpp"
+
 namespace dedup {
 namespace {
 
 using json = nlohmann::json;
-
-// The width of the well-formed UTF-8 sequence at text[i] (RFC 3629: no overlong forms, no
-// surrogates, nothing above U+10FFFF), or 0.
-std::size_t utf8_sequence_width(std::string_view text, std::size_t i) noexcept {
-  auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text[at]); };
-  const unsigned char c = byte(i);
-  std::size_t width = 0;
-  unsigned char low = 0x80;   // the allowed range of the second byte
-  unsigned char high = 0xbf;
-  if (c < 0x80) return 1;
-  if (c >= 0xc2 && c <= 0xdf) {
-    width = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    width = 3;
-    if (c == 0xe0) low = 0xa0;   // no overlong forms
-    if (c == 0xed) high = 0x9f;  // no surrogates
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    width = 4;
-    if (c == 0xf0) low = 0x90;   // no overlong forms
-    if (c == 0xf4) high = 0x8f;  // nothing above U+10FFFF
-  } else {
-    return 0;  // C0, C1, F5..FF, or a stray continuation byte
-  }
-  if (i + width > text.size()) return 0;
-  if (byte(i + 1) < low || byte(i + 1) > high) return 0;
-  for (std::size_t k = 2; k < width; ++k) {
-    if ((byte(i + k) & 0xc0) != 0x80) return 0;
-  }
-  return width;
-}
+using detail::utf8_sequence_width;
 
 // A strict RFC 8259 parser into nlohmann::json. nlohmann's own parser cannot be used: it turns
 // every number with a fraction or exponent into a double, and refuses those beyond a double's
@@ -324,12 +298,6 @@ class ExactParser {
   std::string error_;
 };
 
-void write_unsigned(std::string& out, std::uint64_t value) {
-  char buffer[24];
-  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
-  out.append(buffer, end);
-}
-
 }  // namespace
 
 json exact_number(std::string_view text) {
@@ -350,156 +318,6 @@ std::string_view exact_number_text(const json& value) noexcept {
 
 std::variant<json, std::string> parse_json(std::string_view text, JsonParseLimits limits) {
   return ExactParser(text, limits).parse();
-}
-
-void write_json_string(std::string& out, std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  std::size_t plain_from = 0;  // start of the run of bytes copied as they are
-  auto flush = [&](std::size_t to) { out.append(text.substr(plain_from, to - plain_from)); };
-  for (std::size_t i = 0; i < text.size();) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
-      ++i;
-      continue;
-    }
-    if (c >= 0x80) {
-      const std::size_t width = utf8_sequence_width(text, i);
-      if (width > 0) {
-        i += width;
-        continue;
-      }
-      flush(i);
-      out += "\xef\xbf\xbd";  // U+FFFD REPLACEMENT CHARACTER
-      plain_from = ++i;
-      continue;
-    }
-    flush(i);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        out += "\\u00";
-        out += kHex[c >> 4];
-        out += kHex[c & 0x0f];
-    }
-    plain_from = ++i;
-  }
-  flush(text.size());
-  out += '"';
-}
-
-void write_json(std::string& out, const json& value) {
-  switch (value.type()) {
-    case json::value_t::null:
-    case json::value_t::discarded:
-      out += "null";
-      return;
-    case json::value_t::boolean:
-      out += value.get<bool>() ? "true" : "false";
-      return;
-    case json::value_t::number_integer: {
-      const auto number = value.get<std::int64_t>();
-      if (number < 0) {
-        out += '-';
-        write_unsigned(out, 0 - static_cast<std::uint64_t>(number));
-      } else {
-        write_unsigned(out, static_cast<std::uint64_t>(number));
-      }
-      return;
-    }
-    case json::value_t::number_unsigned:
-      write_unsigned(out, value.get<std::uint64_t>());
-      return;
-    case json::value_t::number_float:
-      // Only values built in code are doubles (parsed numbers are exact); nlohmann writes the
-      // shortest text that reads back as the same double.
-      out += value.dump();
-      return;
-    case json::value_t::string:
-      write_json_string(out, value.get_ref<const std::string&>());
-      return;
-    case json::value_t::binary:
-      if (is_exact_number(value)) {
-        out += exact_number_text(value);
-      } else {
-        out += value.dump();
-      }
-      return;
-    case json::value_t::object: {
-      out += '{';
-      bool first = true;
-      for (const auto& [name, member] : value.get_ref<const json::object_t&>()) {
-        if (!first) out += ',';
-        first = false;
-        write_json_string(out, name);
-        out += ':';
-        write_json(out, member);
-      }
-      out += '}';
-      return;
-    }
-    case json::value_t::array: {
-      out += '[';
-      bool first = true;
-      for (const auto& element : value.get_ref<const json::array_t&>()) {
-        if (!first) out += ',';
-        first = false;
-        write_json(out, element);
-      }
-      out += ']';
-      return;
-    }
-  }
-}
-
-std::string to_json_text(const json& value) {
-  std::string out;
-  write_json(out, value);
-  return out;
-}
-
-std::optional<std::size_t> utf8_length(std::string_view text) noexcept {
-  std::size_t count = 0;
-  for (std::size_t i = 0; i < text.size(); ++count) {
-    const std::size_t width = utf8_sequence_width(text, i);
-    if (width == 0) return std::nullopt;
-    i += width;
-  }
-  return count;
-}
-
-std::string truncate_utf8(std::string_view text, std::size_t max_bytes) {
-  if (text.size() <= max_bytes) return std::string(text);
-  constexpr std::string_view kEllipsis = "\xe2\x80\xa6";  // …
-  if (max_bytes < kEllipsis.size()) return {};
-  std::size_t end = max_bytes - kEllipsis.size();
-  // Back up to the start of a sequence: continuation bytes are 10xxxxxx.
-  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xc0) == 0x80) --end;
-  std::string out(text.substr(0, end));
-  out += kEllipsis;
-  return out;
-}
-
-std::string printable(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size();) {
-    const std::size_t width = utf8_sequence_width(text, i);
-    if (width > 0) {
-      out.append(text.substr(i, width));
-      i += width;
-    } else {
-      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(text[i]));
-      ++i;
-    }
-  }
-  return out;
 }
 
 }  // namespace dedup

@@ -3,10 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <charconv>
 #include <csignal>
 #include <cstdlib>
-#include <random>
 #include <stdexcept>
 
 #include "dedup/errors.hpp"
@@ -20,8 +18,6 @@ using SteadyClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kServeSlice{100};
-constexpr const char* kFailpoints[] = {"after_db_commit", "after_results_acked",
-                                       "before_offset_commit"};
 
 double end_to_end_seconds(const InboundRecord& record) {
   if (!record.timestamp_ms) return -1.0;
@@ -42,47 +38,14 @@ constexpr std::size_t kMinMessageMaxBytes = 64 * 1024;
 }  // namespace
 
 Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
-    : options_(std::move(options)),
+    : options_(checked(std::move(options))),
       processor_(processor),
       observer_(observer),
       backoff_(options_.backoff_initial, options_.backoff_max) {
-  if (options_.brokers.empty()) throw ConfigError("--brokers", "is required");
-  if (options_.commands_topic.empty()) throw ConfigError("--commands-topic", "must not be empty");
-  if (options_.results_topic.empty()) options_.results_topic = options_.commands_topic + ".results";
-  if (options_.dlq_topic.empty()) options_.dlq_topic = options_.commands_topic + ".dlq";
-  // Writing results or dead letters into the input topic would feed the worker its own output.
-  if (options_.results_topic == options_.commands_topic) {
-    throw ConfigError("--results-topic", "must differ from --commands-topic");
+  if (!options_.failpoint.name.empty()) {
+    spdlog::warn("TEST FAILPOINT armed: the worker kills itself at {} (hit {})",
+                 options_.failpoint.name, options_.failpoint.hit);
   }
-  if (options_.dlq_topic == options_.commands_topic) {
-    throw ConfigError("--dlq-topic", "must differ from --commands-topic");
-  }
-  if (options_.max_batch_records == 0) throw ConfigError("max_batch_records", "must be at least 1");
-  if (options_.backoff_initial <= milliseconds::zero() ||
-      options_.backoff_max < options_.backoff_initial) {
-    throw ConfigError("backoff", "need 0 < initial <= max");
-  }
-
-  if (const char* env = std::getenv(kFailpointEnv); env != nullptr && *env != '\0') {
-    const std::string_view spec(env);
-    const auto colon = spec.find(':');
-    failpoint_name_ = std::string(spec.substr(0, colon));
-    failpoint_countdown_ = 1;
-    if (colon != std::string_view::npos) {
-      const std::string_view n = spec.substr(colon + 1);
-      const auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), failpoint_countdown_);
-      if (ec != std::errc() || end != n.data() + n.size() || failpoint_countdown_ < 1) {
-        throw ConfigError(kFailpointEnv, "count must be a positive integer: " + std::string(spec));
-      }
-    }
-    if (std::find(std::begin(kFailpoints), std::end(kFailpoints), failpoint_name_) ==
-        std::end(kFailpoints)) {
-      throw ConfigError(kFailpointEnv, "unknown failpoint '" + failpoint_name_ + "'");
-    }
-    spdlog::warn("TEST FAILPOINT armed: the worker kills itself at {} (hit {})", failpoint_name_,
-                 failpoint_countdown_);
-  }
-
   producer_ = std::make_unique<kafka::Producer>(
       kafka::ProducerOptions{options_.brokers, options_.kafka_settings}, observer_);
   if (producer_->max_message_bytes() < kMinMessageMaxBytes) {
@@ -356,43 +319,11 @@ void Worker::maybe_report_lag() {
 }
 
 void Worker::failpoint(const char* name) {
-  if (failpoint_name_.empty() || failpoint_name_ != name) return;
-  if (--failpoint_countdown_ > 0) return;
+  if (options_.failpoint.name != name) return;
+  if (--options_.failpoint.hit > 0) return;
   spdlog::critical("TEST FAILPOINT {} reached: killing the process", name);
   spdlog::default_logger()->flush();
   if (std::raise(SIGKILL) != 0) std::_Exit(137);  // same exit status a shell shows for SIGKILL
-}
-
-// --- StopSignals -------------------------------------------------------------------------------
-
-namespace {
-std::atomic<Worker*> g_stop_target{nullptr};
-extern "C" void on_stop_signal(int) {
-  if (Worker* worker = g_stop_target.load()) worker->request_stop();
-}
-}  // namespace
-
-struct StopSignals::sigaction_storage {
-  struct sigaction term {};
-  struct sigaction intr {};
-};
-
-StopSignals::StopSignals(Worker& worker) : previous_(std::make_unique<sigaction_storage>()) {
-  Worker* expected = nullptr;
-  if (!g_stop_target.compare_exchange_strong(expected, &worker)) {
-    throw std::logic_error("StopSignals: another instance is alive");
-  }
-  struct sigaction action {};
-  action.sa_handler = &on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGTERM, &action, &previous_->term);
-  sigaction(SIGINT, &action, &previous_->intr);
-}
-
-StopSignals::~StopSignals() {
-  sigaction(SIGTERM, &previous_->term, nullptr);
-  sigaction(SIGINT, &previous_->intr, nullptr);
-  g_stop_target.store(nullptr);
 }
 
 }  // namespace dedup

@@ -3,11 +3,11 @@
 #include <unistd.h>
 
 #include <charconv>
-#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <thread>
 
+#include "dedup/stop_signals.hpp"
 #include "kafka/client_common.hpp"
 
 namespace dedup::kafka {
@@ -110,39 +110,10 @@ void serve_dev_broker(const DevBrokerOptions& options, std::ostream& out,
   }
 }
 
-namespace {
-
-std::atomic<bool> g_dev_broker_stop{false};
-extern "C" void on_dev_broker_signal(int /*signal*/) { g_dev_broker_stop.store(true); }
-
-// SIGTERM and SIGINT set g_dev_broker_stop while alive; the previous handlers come back after.
-class DevBrokerSignals {
- public:
-  DevBrokerSignals() {
-    struct sigaction action {};
-    action.sa_handler = &on_dev_broker_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGTERM, &action, &old_term_);
-    sigaction(SIGINT, &action, &old_int_);
-  }
-  ~DevBrokerSignals() {
-    sigaction(SIGTERM, &old_term_, nullptr);
-    sigaction(SIGINT, &old_int_, nullptr);
-  }
-  DevBrokerSignals(const DevBrokerSignals&) = delete;
-  DevBrokerSignals& operator=(const DevBrokerSignals&) = delete;
-
- private:
-  struct sigaction old_term_ {};
-  struct sigaction old_int_ {};
-};
-
-}  // namespace
-
 int run_dev_broker(const DevBrokerOptions& options) {
-  g_dev_broker_stop.store(false);
-  const DevBrokerSignals signals;
-  serve_dev_broker(options, std::cout, g_dev_broker_stop);
+  StopFlag stop;
+  const StopSignals signals(stop);
+  serve_dev_broker(options, std::cout, stop.flag());
   return 0;
 }
 

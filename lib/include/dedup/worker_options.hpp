@@ -1,0 +1,69 @@
+// What the worker loop is told, and the one place it is checked: `checked()` fills in the
+// defaults that depend on other options and refuses a bad value naming its flag, before any
+// client is created.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <string>
+
+#include "dedup/kafka/settings.hpp"
+
+namespace dedup {
+
+// Failpoints, FOR CRASH TESTS ONLY: with DEDUP_FAILPOINT=<name>[:<n>] in the environment, the
+// worker kills itself with SIGKILL the n-th time (default 1st) it reaches <name>:
+//   after_db_commit       the batch is committed in Postgres, nothing published
+//   after_results_acked   results and dead letters acknowledged, offsets not committed
+//   before_offset_commit  observer notified, right before the offset commit
+// Unset in production. The library never reads the environment itself: the program that wants
+// failpoints (the worker's main, a test's child process) reads them with failpoint_from_environment.
+inline constexpr const char* kFailpointEnv = "DEDUP_FAILPOINT";
+
+struct Failpoint {
+  std::string name;  // empty: none armed
+  long hit = 1;      // killed the hit-th time the loop reaches `name`
+};
+
+// DEDUP_FAILPOINT parsed. Throws ConfigError("DEDUP_FAILPOINT", ...) for an unknown name or a
+// count that is not a positive integer; an unset or empty variable arms nothing.
+Failpoint failpoint_from_environment();
+
+struct WorkerOptions {
+  std::string brokers;                 // --brokers
+  std::string group = "dedup-worker";  // --group
+  std::string commands_topic = "commands";
+  std::string results_topic;            // empty: <commands_topic>.results
+  std::string dlq_topic;                // empty: <commands_topic>.dlq
+  kafka::KafkaSettings kafka_settings;  // -X key=value, for the consumer and the producer
+
+  std::size_t max_batch_records = 500;  // --max-batch
+  std::size_t max_batch_bytes = 16 * 1024 * 1024;
+  std::chrono::milliseconds max_batch_wait{200};  // wait for the first record of a batch
+
+  // On shutdown, how long the in-flight batch may still take (processing, publishing, retries).
+  // Keep below the pod's terminationGracePeriodSeconds.
+  std::chrono::milliseconds drain_timeout{20'000};
+
+  // Backoff between retries of a batch (database unavailable, publishing failed): exponential
+  // from `backoff_initial`, capped at `backoff_max`, each wait randomized to [50%, 100%].
+  std::chrono::milliseconds backoff_initial{200};
+  std::chrono::milliseconds backoff_max{30'000};
+
+  // Run from the loop every `cleanup_interval` (first run one interval after start). Exceptions
+  // it throws are logged and ignored: expired keys are treated as absent anyway (SPEC §4).
+  std::function<void()> cleanup;
+  std::chrono::milliseconds cleanup_interval{300'000};
+
+  std::chrono::milliseconds lag_report_interval{5'000};
+
+  Failpoint failpoint;  // tests only, see kFailpointEnv
+};
+
+// `options` with the topic defaults filled in. Throws ConfigError naming the flag: --brokers
+// empty, --commands-topic empty, results or dead letters written into the commands topic (the
+// worker would consume its own output), --max-batch 0, durations that are not positive.
+WorkerOptions checked(WorkerOptions options);
+
+}  // namespace dedup
