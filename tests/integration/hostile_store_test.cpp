@@ -330,7 +330,8 @@ TEST_F(HostileStoreTest, DeploymentCodesRaisedByOneRecordsValuesAreThatRecordsOu
     EXPECT_NE(to_json_text(results[2].error).find("42P01"), std::string::npos);
   }
   const auto reused = process_or_fail({specimen("ok", R"({"label":"other","n":700})")});
-  if (reused.size() == 1) EXPECT_EQ(reused[0].status, Status::rejected) << describe(reused[0]);
+  ASSERT_EQ(reused.size(), 1U);
+  EXPECT_EQ(reused[0].status, Status::rejected) << describe(reused[0]);
   processor_.reset();
   store_.reset();
   schema_.exec("DROP OWNED BY " + role + "; DROP ROLE " + role);

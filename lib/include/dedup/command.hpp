@@ -85,7 +85,7 @@ struct RejectedCommand {
 };
 
 struct ParseOptions {
-  std::size_t max_message_bytes = 1024 * 1024;
+  std::size_t max_message_bytes = std::size_t{1024} * 1024;
   std::optional<std::string> default_scope;
 };
 

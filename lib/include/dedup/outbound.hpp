@@ -40,7 +40,7 @@ inline constexpr std::string_view kResultEventType = "dedup.result";
 // What a cut-down dead letter keeps of the original record.
 inline constexpr std::size_t kDlqValuePrefixBytes = 4096;
 inline constexpr std::size_t kDlqKeyPrefixBytes = 1024;
-inline constexpr std::size_t kDlqMaxOriginalHeaderBytes = 16 * 1024;
+inline constexpr std::size_t kDlqMaxOriginalHeaderBytes = std::size_t{16} * 1024;
 
 // One record to write. Null key/value/header values are kept null (not empty) on the wire.
 struct OutboundRecord {

@@ -39,7 +39,7 @@ struct WorkerOptions {
   kafka::KafkaSettings kafka_settings;  // -X key=value, for the consumer and the producer
 
   std::size_t max_batch_records = 500;  // --max-batch
-  std::size_t max_batch_bytes = 16 * 1024 * 1024;
+  std::size_t max_batch_bytes = std::size_t{16} * 1024 * 1024;
   std::chrono::milliseconds max_batch_wait{200};  // wait for the first record of a batch
 
   // On shutdown, how long the in-flight batch may still take (processing, publishing, retries).

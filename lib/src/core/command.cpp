@@ -27,7 +27,9 @@ std::optional<std::string> find_nul(const json& value, const std::string& path) 
   }
   if (value.is_object()) {
     for (const auto& [name, member] : value.get_ref<const json::object_t&>()) {
-      std::string inner = path.empty() ? name : path + "." + name;
+      std::string inner = path;
+      if (!inner.empty()) inner += '.';
+      inner += name;
       if (has_nul(name)) return inner;
       if (auto found = find_nul(member, inner)) return found;
     }

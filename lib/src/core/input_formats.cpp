@@ -183,16 +183,16 @@ Fields read_cloudevent(const InboundRecord& record, json& body) {
                             truncate_utf8(found->value, 64))
               : std::string("CloudEvent attribute 'specversion' is missing"));
   }
-  for (const auto& [read, name] :
+  for (const auto& [attribute, name] :
        {std::pair{&fields.key, "id"}, std::pair{&fields.scope, "source"},
         std::pair{&fields.type, "type"}}) {
-    if (!fields.event_problem && std::holds_alternative<std::monostate>(*read)) {
+    if (!fields.event_problem && std::holds_alternative<std::monostate>(*attribute)) {
       fields.event_problem = reject(RejectCode::invalid_event,
                                     fmt::format("CloudEvent attribute '{}' is missing", name));
     }
   }
-  auto found_string = [](const FieldRead& read) {
-    const auto* found = std::get_if<Found>(&read);
+  auto found_string = [](const FieldRead& field) {
+    const auto* found = std::get_if<Found>(&field);
     return found ? found->value : std::string();
   };
   fields.cloudevent = CloudEventIdentity{truncate_utf8(found_string(fields.key), 255),

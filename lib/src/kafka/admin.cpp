@@ -21,7 +21,7 @@ using AdminOptionsPtr =
 
 Retention topic_retention(const std::string& brokers, const KafkaSettings& settings,
                           const std::string& topic, std::chrono::milliseconds timeout,
-                          std::stop_token stop) {
+                          const std::stop_token& stop) {
   try {
     KafkaSettings all = settings;
     all["bootstrap.servers"] = brokers;
@@ -69,7 +69,7 @@ Retention topic_retention(const std::string& brokers, const KafkaSettings& setti
 
 void warn_if_key_ttl_below_retention(const std::string& brokers, const KafkaSettings& settings,
                                      const std::string& topic, std::chrono::milliseconds key_ttl,
-                                     std::chrono::milliseconds timeout, std::stop_token stop) {
+                                     std::chrono::milliseconds timeout, const std::stop_token& stop) {
   const auto retention = topic_retention(brokers, settings, topic, timeout, stop);
   if (stop.stop_requested()) return;
   if (!retention.known) {

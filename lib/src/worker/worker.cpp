@@ -33,7 +33,7 @@ constexpr std::size_t kFramingAllowance = 4096;
 // The largest cut-down record (dedup/outbound.hpp) is a dead letter: 4 KiB of value, 1 KiB of
 // key, up to 16 KiB of original headers, ~1.5 KiB of its own; a result without its entity is
 // smaller. Below this, some records could never be written and their batch would retry forever.
-constexpr std::size_t kMinMessageMaxBytes = 64 * 1024;
+constexpr std::size_t kMinMessageMaxBytes = std::size_t{64} * 1024;
 
 }  // namespace
 

@@ -25,7 +25,8 @@ void require_not_negative(std::chrono::milliseconds value, const char* flag) {
 }  // namespace
 
 Failpoint failpoint_from_environment() {
-  const char* env = std::getenv(kFailpointEnv);
+  // Read once, at start-up, before any thread that could change the environment exists.
+  const char* env = std::getenv(kFailpointEnv);  // NOLINT(concurrency-mt-unsafe)
   if (env == nullptr || *env == '\0') return {};
   const std::string_view spec(env);
   const auto colon = spec.find(':');

@@ -19,13 +19,13 @@ struct Retention {
 // Returns early (unknown) when `stop` is requested.
 Retention topic_retention(const std::string& brokers, const KafkaSettings& settings,
                           const std::string& topic, std::chrono::milliseconds timeout,
-                          std::stop_token stop = {});
+                          const std::stop_token& stop = {});
 
 // SPEC §4: keys must outlive every redelivery, so the key TTL must exceed the commands topic's
 // retention. Logs a warning when it can tell otherwise, and says so when it cannot tell. Blocks
 // up to `timeout` or until `stop` is requested; run it off the hot path. Never throws.
 void warn_if_key_ttl_below_retention(const std::string& brokers, const KafkaSettings& settings,
                                      const std::string& topic, std::chrono::milliseconds key_ttl,
-                                     std::chrono::milliseconds timeout, std::stop_token stop = {});
+                                     std::chrono::milliseconds timeout, const std::stop_token& stop = {});
 
 }  // namespace dedup::kafka
