@@ -1,16 +1,16 @@
-// What both benchmark programs share: flags, a fresh schema per measurement, the command body,
-// and the raw Postgres limit the figures are compared with.
+// What both benchmark programs share: the --db flag and command-line parsing (CLI11), a fresh
+// schema per measurement, the command body, and the raw Postgres limit the figures are compared
+// with.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <pqxx/pqxx>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -19,24 +19,25 @@
 
 namespace dedup::bench {
 
-// Parses `--flag value` pairs: `on_flag(flag, value)` returns false for a flag it does not know.
-// --db (or DEDUP_BENCH_DB) is handled here and required. Throws std::runtime_error on bad usage.
-inline std::string parse_flags(int argc, char** argv,
-                               const std::function<bool(const std::string&, const std::string&)>& on_flag) {
-  std::string db;
-  if (const char* env = std::getenv("DEDUP_BENCH_DB")) db = env;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) throw std::runtime_error(flag + " needs a value");
-    const std::string value = argv[++i];
-    if (flag == "--db") {
-      db = value;
-    } else if (!on_flag(flag, value)) {
-      throw std::runtime_error("unknown argument " + flag);
-    }
+// --db (or DEDUP_BENCH_DB), which every benchmark requires.
+inline void add_db_flag(CLI::App& app, std::string& db) {
+  app.add_option("--db", db, "libpq connection string or URI")
+      ->envname("DEDUP_BENCH_DB")
+      ->required();
+}
+
+// Parses the command line into what `app`'s options point at. Returns the exit code when the
+// program is done (0 after --help; 2 after bad usage, which CLI11 has explained on stderr).
+inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
   }
-  if (db.empty()) throw std::runtime_error("--db (or DEDUP_BENCH_DB) is required");
-  return db;
+  return std::nullopt;
 }
 
 inline void exec(const std::string& db, const std::string& sql) {

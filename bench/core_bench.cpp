@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <iostream>
 #include <pqxx/pqxx>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -33,21 +32,12 @@ struct Options {
   std::vector<int> batches = {100, 1000};
 };
 
-Options parse_args(int argc, char** argv) {
-  Options options;
-  options.db = dedup::bench::parse_flags(argc, argv, [&](const std::string& flag, const std::string& value) {
-    if (flag == "--commands") {
-      options.commands = std::stoi(value);
-    } else if (flag == "--batches") {
-      options.batches.clear();
-      std::stringstream list(value);
-      for (std::string item; std::getline(list, item, ',');) options.batches.push_back(std::stoi(item));
-    } else {
-      return false;
-    }
-    return true;
-  });
-  return options;
+void add_flags(CLI::App& app, Options& options) {
+  dedup::bench::add_db_flag(app, options.db);
+  app.add_option("--commands", options.commands, "commands per measurement")->capture_default_str();
+  app.add_option("--batches", options.batches, "batch sizes, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
 }
 
 using dedup::bench::command_body;
@@ -114,7 +104,10 @@ Pair race_core_and_raw(dedup::Processor& processor, const std::vector<dedup::Inb
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const auto options = parse_args(argc, argv);
+  Options options;
+  CLI::App app{"dedup_bench_core: the dedup core against raw Postgres inserts of the same rows"};
+  add_flags(app, options);
+  if (const auto done = dedup::bench::parse_command_line(app, argc, argv)) return *done;
   const std::string core_schema = "bench_core";
   const std::string raw_schema = "bench_raw";
   std::cout << "commands: " << options.commands << "\n";

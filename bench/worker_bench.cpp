@@ -51,19 +51,17 @@ struct Options {
   std::string broker_name;
 };
 
-Options parse_args(int argc, char** argv) {
-  Options options;
-  options.db = dedup::bench::parse_flags(argc, argv, [&](const std::string& flag, const std::string& value) {
-    if (flag == "--commands") options.commands = std::stoi(value);
-    else if (flag == "--partitions") options.partitions = std::stoi(value);
-    else if (flag == "--latency-seconds") options.latency_seconds = std::stod(value);
-    else if (flag == "--brokers") options.brokers = value;
-    else if (flag == "--topic") options.topic = value;
-    else if (flag == "--broker-name") options.broker_name = value;
-    else return false;
-    return true;
-  });
-  return options;
+void add_flags(CLI::App& app, Options& options) {
+  dedup::bench::add_db_flag(app, options.db);
+  app.add_option("--commands", options.commands, "records per phase")->capture_default_str();
+  app.add_option("--partitions", options.partitions, "partitions of the commands topic")
+      ->capture_default_str();
+  app.add_option("--latency-seconds", options.latency_seconds, "length of the latency phase")
+      ->capture_default_str();
+  app.add_option("--brokers", options.brokers,
+                 "a real Kafka broker (HOST:PORT); without it, librdkafka's mock in process");
+  app.add_option("--topic", options.topic, "commands topic on --brokers")->capture_default_str();
+  app.add_option("--broker-name", options.broker_name, "how the broker is named in the output");
 }
 
 // Counts published results and keeps their end-to-end latencies.
@@ -265,7 +263,10 @@ void expect(bool ok, const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const auto options = parse_args(argc, argv);
+  Options options;
+  CLI::App app{"dedup_bench_worker: the worker end to end through Kafka, beside raw Postgres"};
+  add_flags(app, options);
+  if (const auto done = dedup::bench::parse_command_line(app, argc, argv)) return *done;
   dedup::configure_logging("warn", "text");  // stderr, and only what matters
   const std::string schema = "bench_worker";
   const std::string core_schema = "bench_worker_core";

@@ -22,15 +22,28 @@ struct HttpResponse {
   std::string body;
 };
 
-// A minimal HTTP/1.0 client: one request per connection, read until the server closes.
-HttpResponse http(std::uint16_t port, const std::string& path, const std::string& method = "GET") {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+// A minimal HTTP/1.0 client: one request per connection, read until the server closes. To
+// 127.0.0.1, or to ::1 with `ipv6`.
+HttpResponse http(std::uint16_t port, const std::string& path, const std::string& method = "GET",
+                  bool ipv6 = false) {
+  const int fd = ::socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
   if (fd < 0) throw std::runtime_error("socket() failed");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(port);
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  if (ipv6) {
+    auto& v6 = reinterpret_cast<sockaddr_in6&>(address);
+    v6.sin6_family = AF_INET6;
+    v6.sin6_port = htons(port);
+    v6.sin6_addr = in6addr_loopback;
+    length = sizeof v6;
+  } else {
+    auto& v4 = reinterpret_cast<sockaddr_in&>(address);
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons(port);
+    v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    length = sizeof v4;
+  }
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0) {
     ::close(fd);
     throw std::runtime_error("connect() failed");
   }
@@ -53,6 +66,16 @@ HttpResponse http(std::uint16_t port, const std::string& path, const std::string
   response.head = raw.substr(0, end_of_head);
   response.body = raw.substr(end_of_head + 4);
   return response;
+}
+
+// The value of header `name` in a response head ("" when absent). Names compare exactly: the server
+// spells its headers one way.
+std::string header_value(const HttpResponse& response, const std::string& name) {
+  const std::string prefix = "\r\n" + name + ": ";
+  const auto start = response.head.find(prefix);
+  if (start == std::string::npos) return "";
+  const auto value = start + prefix.size();
+  return response.head.substr(value, response.head.find("\r\n", value) - value);
 }
 
 CommandResult duplicate_of(const std::string& type) {
@@ -120,6 +143,69 @@ TEST_F(MetricsServerTest, UnknownPathsAndMethodsAreRefused) {
   EXPECT_TRUE(head.body.empty());
 }
 
+TEST_F(MetricsServerTest, EveryAnswerCarriesItsLengthAndIsNotCached) {
+  ready_ = true;
+  for (const char* path : {"/metrics", "/healthz", "/readyz", "/nowhere"}) {
+    const auto response = http(server_.port(), path);
+    EXPECT_EQ(header_value(response, "Content-Length"), std::to_string(response.body.size()))
+        << path;
+    EXPECT_EQ(header_value(response, "Cache-Control"), "no-store") << path;
+  }
+  EXPECT_EQ(header_value(http(server_.port(), "/healthz"), "Content-Type"),
+            "text/plain; charset=utf-8");
+  EXPECT_EQ(header_value(http(server_.port(), "/metrics"), "Content-Type"),
+            "text/plain; version=0.0.4; charset=utf-8");
+}
+
+TEST_F(MetricsServerTest, UnknownPathsAreNotFound) {
+  // civetweb itself would route "/metrics/extra" and "/metricsx" to the /metrics handler.
+  for (const char* path :
+       {"/", "/nowhere", "/metrics/extra", "/metricsx", "/healthz/", "/readyz/x", "/METRICS"}) {
+    const auto response = http(server_.port(), path);
+    EXPECT_EQ(response.status, 404) << path;
+    EXPECT_EQ(response.body, "not found\n") << path;
+  }
+  const auto head = http(server_.port(), "/nowhere", "HEAD");
+  EXPECT_EQ(head.status, 404);
+  EXPECT_TRUE(head.body.empty());
+}
+
+TEST_F(MetricsServerTest, MethodsOtherThanGetAndHeadAreNotAllowed) {
+  // POST .. PATCH are the methods a CivetHandler is offered; CONNECT, PROPFIND and REPORT are
+  // methods civetweb knows but would never hand to one.
+  for (const char* method :
+       {"POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "PROPFIND", "REPORT"}) {
+    for (const char* path : {"/metrics", "/healthz", "/readyz", "/nowhere"}) {
+      const auto response = http(server_.port(), path, method);
+      EXPECT_EQ(response.status, 405) << method << " " << path;
+      EXPECT_EQ(header_value(response, "Allow"), "GET, HEAD") << method << " " << path;
+      EXPECT_EQ(header_value(response, "Cache-Control"), "no-store") << method << " " << path;
+      EXPECT_EQ(response.body, "method not allowed\n") << method << " " << path;
+    }
+  }
+  EXPECT_EQ(header_value(http(server_.port(), "/healthz"), "Allow"), "");
+}
+
+TEST_F(MetricsServerTest, HeadAnswersLikeGetWithoutABody) {
+  ready_ = true;
+  for (const char* path : {"/metrics", "/healthz", "/readyz"}) {
+    const auto get = http(server_.port(), path);
+    const auto head = http(server_.port(), path, "HEAD");
+    EXPECT_EQ(head.status, 200) << path;
+    EXPECT_TRUE(head.body.empty()) << path;
+    EXPECT_EQ(header_value(head, "Content-Type"), header_value(get, "Content-Type")) << path;
+    EXPECT_EQ(header_value(head, "Cache-Control"), "no-store") << path;
+    if (std::string(path) != "/metrics") {  // /metrics may change between the two requests
+      EXPECT_EQ(header_value(head, "Content-Length"), std::to_string(get.body.size())) << path;
+    }
+  }
+  ready_ = false;
+  const auto head = http(server_.port(), "/readyz", "HEAD");
+  EXPECT_EQ(head.status, 503);
+  EXPECT_EQ(header_value(head, "Content-Length"), "10");  // "not ready\n"
+  EXPECT_TRUE(head.body.empty());
+}
+
 TEST(MetricsServer, AThrowingReadinessCheckMeansNotReady) {
   Metrics metrics({}, "test");
   MetricsServer server("127.0.0.1:0", metrics.registry(),
@@ -146,6 +232,33 @@ TEST(MetricsServer, APortInUseIsARuntimeErrorNotAConfigError) {
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("--metrics-addr"), std::string::npos) << error.what();
   }
+}
+
+// Debian's civetweb 1.15 is built without IPv6: there a bracketed address is a ConfigError naming
+// the flag. Where civetweb has IPv6 and the machine a ::1, the server listens on it.
+TEST(MetricsServer, ABracketedIpv6AddressIsServedOrRefusedNamingTheFlag) {
+  try {
+    EXPECT_EQ(to_listening_port("[::1]:9464"), "[::1]:9464");
+    EXPECT_EQ(to_listening_port("[::]:0"), "[::]:0");
+  } catch (const ConfigError& error) {
+    EXPECT_EQ(error.field(), "--metrics-addr");
+    EXPECT_NE(std::string(error.what()).find("IPv6 is not supported"), std::string::npos)
+        << error.what();
+    GTEST_SKIP() << error.what();
+  }
+  const int probe = ::socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 loopback{};
+  loopback.sin6_family = AF_INET6;
+  loopback.sin6_addr = in6addr_loopback;
+  const bool has_ipv6 = probe >= 0 && ::bind(probe, reinterpret_cast<const sockaddr*>(&loopback),
+                                             sizeof loopback) == 0;
+  if (probe >= 0) ::close(probe);
+  if (!has_ipv6) GTEST_SKIP() << "no IPv6 loopback on this machine";
+
+  Metrics metrics({}, "test");
+  MetricsServer server("[::1]:0", metrics.registry(), nullptr);
+  EXPECT_NE(server.port(), 0);
+  EXPECT_EQ(http(server.port(), "/healthz", "GET", true).status, 200);
 }
 
 TEST(MetricsAddress, AcceptsHostAndPortForms) {

@@ -31,9 +31,6 @@
 #include "dedup/observer.hpp"
 #include "dedup/result.hpp"
 
-struct mg_context;     // civetweb
-struct mg_connection;  // civetweb
-
 namespace dedup {
 
 // The `type` label of a command whose type is not one of the configured command types (missing,
@@ -126,11 +123,15 @@ class Metrics final : public Observer {
 //   GET /readyz   200 "ready" when the readiness check returns true, else 503 "not ready"
 // Anything else is 404; a method other than GET/HEAD is 405.
 //
-// Why civetweb directly rather than prometheus::Exposer: the Exposer only answers 200 with a
-// serialized registry, and its handler interface (CivetHandler) is not part of prometheus-cpp's
-// public API, so /readyz could not answer 503. prometheus-cpp-pull runs on civetweb anyway, so
-// using civetweb's C API here adds no dependency, and prometheus::TextSerializer produces exactly
-// what the Exposer would have served.
+// Why CivetServer rather than prometheus::Exposer: the Exposer only answers 200 with a serialized
+// registry, and its handler interface (CivetHandler) is not part of prometheus-cpp's public API, so
+// /readyz could not answer 503. prometheus-cpp-pull runs on civetweb anyway, so civetweb's own C++
+// API (CivetServer, one CivetHandler per endpoint; libcivetweb-cpp, same package) adds no
+// dependency, and prometheus::TextSerializer produces exactly what the Exposer would have served.
+// civetweb stays private to server.cpp: this header names none of its types. What civetweb 1.15's
+// C++ API cannot do, server.cpp does through its C API: writing a response (a CivetHandler is
+// handed the mg_connection), refusing the methods no CivetHandler is ever offered (CONNECT,
+// PROPFIND, REPORT, ...) in a begin_request callback, and holding the library initialised.
 class MetricsServer {
  public:
   // Called on civetweb's request threads, concurrently with the worker: it must be thread-safe and
@@ -156,15 +157,8 @@ class MetricsServer {
   std::uint16_t port() const noexcept { return port_; }
 
  private:
-  static int handle_request(mg_connection* connection, void* self) noexcept;
-  int respond(mg_connection* connection) const;
-
-  std::shared_ptr<prometheus::Registry> registry_;
-  ReadinessCheck ready_;
-  struct ContextDeleter {
-    void operator()(mg_context* context) const noexcept;
-  };
-  std::unique_ptr<mg_context, ContextDeleter> context_;
+  class Listener;  // the CivetServer and its handlers (server.cpp)
+  std::unique_ptr<Listener> listener_;
   std::uint16_t port_ = 0;
 };
 

@@ -1,12 +1,15 @@
+#include <CivetServer.h>
 #include <arpa/inet.h>
 #include <civetweb.h>
 #include <prometheus/text_serializer.h>
 
 #include <array>
 #include <charconv>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "dedup/errors.hpp"
 #include "dedup/metrics.hpp"
@@ -17,36 +20,178 @@ namespace {
 constexpr const char* kFlag = "--metrics-addr";
 constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 constexpr const char* kTextContentType = "text/plain; charset=utf-8";
+constexpr const char* kAllowedMethods = "GET, HEAD";
 
 // Enough request threads that a slow scrape never delays a kubelet probe.
 constexpr const char* kRequestThreads = "4";
 // A stalled client must not hold a request thread forever.
 constexpr const char* kRequestTimeoutMs = "10000";
 
-// mg_init_library/mg_exit_library are reference-counted but not thread-safe.
-std::mutex& civetweb_library_mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
-
 [[noreturn]] void invalid(std::string_view address, std::string_view problem) {
   throw ConfigError(kFlag, "\"" + std::string(address) + "\": " + std::string(problem));
 }
 
-int send(mg_connection* connection, int status, const char* content_type, const std::string& body,
-         bool head_only, const char* allow = nullptr) {
-  mg_response_header_start(connection, status);
-  mg_response_header_add(connection, "Content-Type", content_type, -1);
-  const std::string length = std::to_string(body.size());
+struct Response {
+  int status = 200;
+  const char* content_type = kTextContentType;
+  std::string body;
+};
+
+int send(mg_connection* connection, const Response& response, bool head_only,
+         const char* allow = nullptr) {
+  mg_response_header_start(connection, response.status);
+  mg_response_header_add(connection, "Content-Type", response.content_type, -1);
+  const std::string length = std::to_string(response.body.size());
   mg_response_header_add(connection, "Content-Length", length.c_str(), -1);
   mg_response_header_add(connection, "Cache-Control", "no-store", -1);
   if (allow != nullptr) mg_response_header_add(connection, "Allow", allow, -1);
   mg_response_header_send(connection);
-  if (!head_only && !body.empty()) mg_write(connection, body.data(), body.size());
-  return status;
+  if (!head_only && !response.body.empty()) {
+    mg_write(connection, response.body.data(), response.body.size());
+  }
+  return response.status;
+}
+
+// civetweb is C underneath CivetServer: no exception may reach it. What can throw here is
+// serialization running out of memory, answered as 500.
+template <typename MakeResponse>
+int send_guarded(mg_connection* connection, const MakeResponse& make, bool head_only,
+                 const char* allow = nullptr) noexcept {
+  try {
+    return send(connection, make(), head_only, allow);
+  } catch (...) {
+    try {
+      return send(connection, {500, kTextContentType, "internal error\n"}, false);
+    } catch (...) {
+      return 500;
+    }
+  }
+}
+
+Response not_found() { return {404, kTextContentType, "not found\n"}; }
+Response method_not_allowed() { return {405, kTextContentType, "method not allowed\n"}; }
+Response alive() { return {200, kTextContentType, "ok\n"}; }
+
+// A CivetHandler dispatches only GET, POST, HEAD, PUT, DELETE, OPTIONS and PATCH; any other method
+// civetweb knows (CONNECT, PROPFIND, REPORT, ...) would fall through to civetweb's own 404. So the
+// method is checked once, for every request, before routing: anything but GET and HEAD is 405.
+// (Only for paths: civetweb keeps answering what no handler on "/" would see, such as OPTIONS *.)
+int refuse_other_methods(mg_connection* connection) noexcept {
+  const mg_request_info* request = mg_get_request_info(connection);
+  const std::string_view method = request->request_method != nullptr ? request->request_method : "";
+  const bool is_path = request->local_uri != nullptr && request->local_uri[0] == '/';
+  if (method == "GET" || method == "HEAD" || !is_path) return 0;  // on to the handlers
+  return send_guarded(connection, method_not_allowed, false, kAllowedMethods);
+}
+
+// One endpoint: GET and HEAD on exactly `path`. civetweb also routes "/metrics/x" and "/metricsx"
+// to the handler of "/metrics", so any other path is answered 404 here. Without `respond`, every
+// request is 404 (the catch-all handler on "/").
+class Endpoint final : public CivetHandler {
+ public:
+  Endpoint(std::string path, std::function<Response()> respond)
+      : path_(std::move(path)), respond_(std::move(respond)) {}
+
+  using CivetHandler::handleGet;
+  using CivetHandler::handleHead;
+  bool handleGet(CivetServer* /*server*/, mg_connection* connection, int* status) override {
+    *status = answer(connection, false);
+    return true;
+  }
+  bool handleHead(CivetServer* /*server*/, mg_connection* connection, int* status) override {
+    *status = answer(connection, true);
+    return true;
+  }
+
+ private:
+  int answer(mg_connection* connection, bool head_only) const noexcept {
+    const mg_request_info* request = mg_get_request_info(connection);
+    const std::string_view path = request->local_uri != nullptr ? request->local_uri : "";
+    if (!respond_ || path != path_) return send_guarded(connection, not_found, head_only);
+    return send_guarded(connection, respond_, head_only);
+  }
+
+  std::string path_;
+  std::function<Response()> respond_;
+};
+
+// mg_init_library/mg_exit_library are reference-counted but not thread-safe, and CivetServer calls
+// neither (its mg_start would fall back to an unguarded init that is never released). So every
+// server holds one reference, taken and dropped under this lock.
+class LibraryReference {
+ public:
+  LibraryReference() {
+    const std::lock_guard lock(mutex());
+    mg_init_library(0);
+  }
+  ~LibraryReference() {
+    const std::lock_guard lock(mutex());
+    mg_exit_library();
+  }
+  LibraryReference(const LibraryReference&) = delete;
+  LibraryReference& operator=(const LibraryReference&) = delete;
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex instance;
+    return instance;
+  }
+};
+
+CivetCallbacks callbacks() {
+  CivetCallbacks result;
+  result.begin_request = &refuse_other_methods;
+  return result;
 }
 
 }  // namespace
+
+// Members in the order they must exist: the library before the server, the handlers (and what they
+// read) until the server has stopped and joined its request threads, which ~CivetServer does.
+// (CivetServer copies the callbacks; callbacks_ is a member only to be built before server_.)
+class MetricsServer::Listener {
+ public:
+  Listener(const std::string& listening_ports, std::shared_ptr<prometheus::Registry> registry,
+           ReadinessCheck ready)
+      : metrics_("/metrics",
+                 [registry = std::move(registry)] {
+                   return Response{200, kMetricsContentType,
+                                   prometheus::TextSerializer().Serialize(registry->Collect())};
+                 }),
+        healthz_("/healthz", alive),
+        readyz_("/readyz",
+                [ready = std::move(ready)] {
+                  bool is_ready = false;
+                  try {
+                    is_ready = ready && ready();
+                  } catch (...) {
+                    is_ready = false;  // a check that cannot tell is a "no"
+                  }
+                  return is_ready ? Response{200, kTextContentType, "ready\n"}
+                                  : Response{503, kTextContentType, "not ready\n"};
+                }),
+        not_found_("/", nullptr),
+        callbacks_(callbacks()),
+        server_({"listening_ports", listening_ports, "num_threads", kRequestThreads,
+                 "request_timeout_ms", kRequestTimeoutMs},
+                &callbacks_) {
+    server_.addHandler("/metrics", metrics_);
+    server_.addHandler("/healthz", healthz_);
+    server_.addHandler("/readyz", readyz_);
+    server_.addHandler("/", not_found_);  // every other path: "/" is a prefix of them all
+  }
+
+  std::vector<int> ports() { return server_.getListeningPorts(); }
+
+ private:
+  LibraryReference library_;
+  Endpoint metrics_;
+  Endpoint healthz_;
+  Endpoint readyz_;
+  Endpoint not_found_;
+  CivetCallbacks callbacks_;
+  CivetServer server_;
+};
 
 std::string to_listening_port(std::string_view address) {
   const auto colon = address.rfind(':');
@@ -86,97 +231,25 @@ std::string to_listening_port(std::string_view address) {
   return ip + ":" + port_string;
 }
 
-void MetricsServer::ContextDeleter::operator()(mg_context* context) const noexcept {
-  mg_stop(context);  // joins the request threads: no handler runs after this
-  const std::lock_guard lock(civetweb_library_mutex());
-  mg_exit_library();
-}
-
 MetricsServer::MetricsServer(std::string_view address,
-                             std::shared_ptr<prometheus::Registry> registry, ReadinessCheck ready)
-    : registry_(std::move(registry)), ready_(std::move(ready)) {
+                             std::shared_ptr<prometheus::Registry> registry, ReadinessCheck ready) {
   const std::string listening_ports = to_listening_port(address);
-  std::array<const char*, 7> options = {
-      "listening_ports",    listening_ports.c_str(), "num_threads", kRequestThreads,
-      "request_timeout_ms", kRequestTimeoutMs,       nullptr};
-  mg_callbacks callbacks{};
-  mg_init_data init{};
-  init.callbacks = &callbacks;
-  init.user_data = this;
-  init.configuration_options = options.data();
-
-  std::array<char, 256> error_text{};
-  unsigned error_code = 0;
-  mg_error_data error{};
-  error.code = &error_code;
-  error.text = error_text.data();
-  error.text_buffer_size = error_text.size();
-
-  {
-    const std::lock_guard lock(civetweb_library_mutex());
-    mg_init_library(0);
-  }
-  mg_context* context = mg_start2(&init, &error);
-  if (context == nullptr) {
-    const std::lock_guard lock(civetweb_library_mutex());
-    mg_exit_library();
+  try {
+    listener_ = std::make_unique<Listener>(listening_ports, std::move(registry), std::move(ready));
+  } catch (const CivetException& error) {
+    // civetweb 1.15's CivetServer gives no reason (it calls mg_start, not mg_start2); binding is
+    // what fails for a well-formed address.
     throw Error(std::string(kFlag) + ": cannot listen on \"" + std::string(address) +
-                "\": " + (error_text[0] != '\0' ? error_text.data() : "unknown civetweb error"));
+                "\" (port in use, or address not on this machine); civetweb: " + error.what());
   }
-  context_.reset(context);
-  // Every URI goes through one handler, which matches paths exactly (civetweb's own matching
-  // would also route "/metrics/x" to "/metrics").
-  mg_set_request_handler(context, "/", &MetricsServer::handle_request, this);
-
-  std::array<mg_server_port, 4> ports{};
-  const int count = mg_get_server_ports(context, static_cast<int>(ports.size()), ports.data());
-  if (count < 1) {
+  const std::vector<int> ports = listener_->ports();
+  if (ports.empty()) {
     throw Error(std::string(kFlag) + ": listening on \"" + std::string(address) +
                 "\", but civetweb reports no port");
   }
-  port_ = static_cast<std::uint16_t>(ports[0].port);
+  port_ = static_cast<std::uint16_t>(ports.front());
 }
 
 MetricsServer::~MetricsServer() = default;
-
-int MetricsServer::handle_request(mg_connection* connection, void* self) noexcept {
-  try {
-    return static_cast<const MetricsServer*>(self)->respond(connection);
-  } catch (...) {
-    // Serialization ran out of memory, most likely; civetweb is C and must not see exceptions.
-    try {
-      return send(connection, 500, kTextContentType, "internal error\n", false);
-    } catch (...) {
-      return 500;
-    }
-  }
-}
-
-int MetricsServer::respond(mg_connection* connection) const {
-  const mg_request_info* request = mg_get_request_info(connection);
-  const std::string_view method = request->request_method != nullptr ? request->request_method : "";
-  const std::string_view path = request->local_uri != nullptr ? request->local_uri : "";
-  const bool head_only = method == "HEAD";
-  if (method != "GET" && !head_only) {
-    return send(connection, 405, kTextContentType, "method not allowed\n", false, "GET, HEAD");
-  }
-
-  if (path == "/metrics") {
-    const std::string body = prometheus::TextSerializer().Serialize(registry_->Collect());
-    return send(connection, 200, kMetricsContentType, body, head_only);
-  }
-  if (path == "/healthz") return send(connection, 200, kTextContentType, "ok\n", head_only);
-  if (path == "/readyz") {
-    bool ready = false;
-    try {
-      ready = ready_ && ready_();
-    } catch (...) {
-      ready = false;  // a check that cannot tell is a "no"
-    }
-    return ready ? send(connection, 200, kTextContentType, "ready\n", head_only)
-                 : send(connection, 503, kTextContentType, "not ready\n", head_only);
-  }
-  return send(connection, 404, kTextContentType, "not found\n", head_only);
-}
 
 }  // namespace dedup
