@@ -7,6 +7,7 @@ dedup_component(core
     src/core/duration.cpp
     src/core/fingerprint.cpp
     src/core/input_formats.cpp
+    src/core/lanes.cpp
     src/core/json_parse.cpp
     src/core/json_write.cpp
     src/core/logging.cpp

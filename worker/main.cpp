@@ -6,6 +6,7 @@
 
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <thread>
 #include <string>
@@ -17,6 +18,7 @@
 #include "dedup/json_text.hpp"
 #include "dedup/kafka/admin.hpp"
 #include "dedup/kafka/settings.hpp"
+#include "dedup/lanes.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/metrics.hpp"
@@ -62,7 +64,11 @@ struct RunFlags {
   std::string drain_timeout = "30s";
   std::string cleanup_interval = "5m";
   std::size_t max_message_bytes = std::size_t{1024} * 1024;
+  std::size_t db_connections = 1;
 };
+
+// More lanes than this only queue on Postgres's locks and cores (docs/operations.md, sizing).
+constexpr std::size_t kMaxDbConnections = 64;
 
 // Every flag also reads DEDUP_<FLAG> (SPEC §6).
 CLI::Option* with_env(CLI::Option* option, const std::string& flag) {
@@ -94,6 +100,10 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   const auto key_ttl = dedup::parse_duration(flags.key_ttl, "--key-ttl");
   if (key_ttl < std::chrono::minutes(1)) throw ConfigError("--key-ttl", "must be at least 1m");
   if (flags.max_message_bytes == 0) throw ConfigError("--max-message-bytes", "must be at least 1");
+  if (flags.db_connections < 1 || flags.db_connections > kMaxDbConnections) {
+    throw ConfigError("--db-connections",
+                      fmt::format("must be between 1 and {}", kMaxDbConnections));
+  }
 
   std::vector<std::string> types;
   for (const auto& type : catalog.types()) types.push_back(type.name);
@@ -102,15 +112,25 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   dedup::FanOutObserver observer({&metrics, &logs});
   dedup::SystemClock clock;
 
-  dedup::PostgresKeyStore store(
-      {.conninfo = database.db,
-       .schema = database.schema,
-       .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
-      catalog, &observer);
   dedup::ParseOptions parse_options;
   parse_options.max_message_bytes = flags.max_message_bytes;
   if (!flags.default_scope.empty()) parse_options.default_scope = flags.default_scope;
-  dedup::Processor processor(catalog, store, clock, observer, parse_options);
+  // --db-connections N: N lanes, each a processor over its own key store and connection.
+  std::vector<std::unique_ptr<dedup::PostgresKeyStore>> stores;
+  std::vector<std::unique_ptr<dedup::Processor>> processors;
+  std::vector<dedup::BatchProcessor*> lanes;
+  for (std::size_t lane = 0; lane < flags.db_connections; ++lane) {
+    stores.push_back(std::make_unique<dedup::PostgresKeyStore>(
+        dedup::PostgresOptions{
+            .conninfo = database.db,
+            .schema = database.schema,
+            .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
+        catalog, &observer));
+    processors.push_back(
+        std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, observer, parse_options));
+    lanes.push_back(processors.back().get());
+  }
+  dedup::Lanes processor(std::move(lanes));
 
   dedup::WorkerOptions options;
   options.brokers = flags.brokers;
@@ -198,6 +218,10 @@ int main(int argc, char** argv) {
            "drain-timeout")->capture_default_str();
   with_env(run->add_option("--cleanup-interval", run_flags.cleanup_interval, "expired-key cleanup period"),
            "cleanup-interval")->capture_default_str();
+  with_env(run->add_option("--db-connections", run_flags.db_connections,
+                           "Postgres connections, one transaction in flight on each; records are "
+                           "routed to them by partition"),
+           "db-connections")->capture_default_str();
   with_env(run->add_option("--max-message-bytes", run_flags.max_message_bytes, "larger records are rejected"),
            "max-message-bytes")->capture_default_str();
 

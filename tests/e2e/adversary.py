@@ -1741,6 +1741,28 @@ def scenario_cross_partition_race(cluster, rng, keys=300, rate=45):
     return {}
 
 
+def scenario_lanes_race(cluster, rng, keys=600, rate=120):
+    """`--db-connections 3` (issue 10): six partitions, two workers with three database lanes
+    each, so up to six transactions race at once. Every key is produced to 2-3 partitions at the
+    same moment (different lanes of one worker, or of both); a third worker with lanes is
+    SIGKILLed after its first batch is committed in Postgres and before anything is published,
+    and its lanes' records are replayed by the others. One entity per key, identical results."""
+    stream = Stream(cluster.seed, keys=keys, prefix=f"e{cluster.seed}", cross=1.0, redeliver=0.1, reuse=0.1,
+                    hostile=False, partitions=cluster.partitions, types=(("todo.create", 3), ("item.create", 1)))
+    crashing = cluster.start("lanes-crash", "--db-connections", "3", failpoint="after_db_commit:1", batch=60)
+    cluster.wait_assigned(crashing)
+    feeder = cluster.feed(stream.records, rate=rate, chunk=3)
+    if cluster.wait_exit(crashing, 120) is None:
+        cluster.kill(crashing)
+    members = [cluster.start(f"l{i}", "--db-connections", "3", batch=40) for i in range(2)]
+    for member in members:
+        cluster.wait_assigned(member)
+    feeder.finish()
+    cluster.wait_all()
+    cluster.stop_all()
+    return {}
+
+
 SCENARIOS = {
     # name: (body, topics, default size (keys), CI seed)
     "hostile_stream": (scenario_hostile_stream, DEFAULT_TOPICS, 900, 8101),
@@ -1748,6 +1770,7 @@ SCENARIOS = {
     "churn_long_polls": (scenario_churn_long_polls, ("commands:2", "commands.results:4", "commands.dlq:1"), 1100, 8303),
     "cross_partition_race": (scenario_cross_partition_race, ("commands:3", "commands.results:4", "commands.dlq:1"),
                              300, 8404),
+    "lanes_race": (scenario_lanes_race, ("commands:6", "commands.results:4", "commands.dlq:1"), 600, 8505),
 }
 
 

@@ -14,6 +14,8 @@ Scenarios (fixed seeds, ~6,200 records in all; ~3.5 min, mostly waiting out reba
   churn_long_polls      8303  1,966 records at 25/s on 2 partitions; `a` polls up to 6 s while members
                               join, get SIGKILLed, leave, crash at a failpoint (2 cycles)
   cross_partition_race  8404  ~820 records: every key on 2-3 of 3 partitions at once, 3 workers
+  lanes_race            8505  every key on 2-3 of 6 partitions, workers with --db-connections 3, one
+                              SIGKILLed after its first commit
 Every failure names its seed and the directory with the worker logs; rerun one scenario with
 another seed: ADV_SEED=1234 python3 -m unittest test_adversarial.AdversarialTest.test_...;
 ADV_VERBOSE=1 prints the scenario's steps, ADV_VERBOSE=2 also each hostile record's outcome.
@@ -72,6 +74,9 @@ class AdversarialTest(unittest.TestCase):
 
     def test_same_key_on_several_partitions_at_once(self):
         self.run_named("cross_partition_race")
+
+    def test_database_lanes_race_and_crash(self):
+        self.run_named("lanes_race")
 
 
 class CheckerSelfTest(unittest.TestCase):

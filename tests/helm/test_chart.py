@@ -39,7 +39,7 @@ DASHBOARD_FILE = Path("monitoring/dashboards/dedup-worker.json")
 # or a DEDUP_KAFKA_<PROPERTY> librdkafka property (docs/contract.md).
 WORKER_FLAGS = {
     "brokers", "group", "commands-topic", "results-topic", "dlq-topic", "db", "db-schema", "config",
-    "key-ttl", "default-scope", "metrics-addr", "log-level", "log-format", "drain-timeout",
+    "key-ttl", "default-scope", "metrics-addr", "log-level", "log-format", "drain-timeout", "db-connections",
 }
 KAFKA_ENV_PREFIX = "DEDUP_KAFKA_"
 # The librdkafka properties the chart may set from the environment (Secret-backed credentials).
@@ -237,6 +237,11 @@ def check_grace_period(s):
     grace = spec["terminationGracePeriodSeconds"]
     expect(isinstance(grace, int) and grace > duration_seconds(drain),
            f"terminationGracePeriodSeconds {grace} does not exceed drain timeout {drain}")
+
+
+def check_db_connections(s):
+    lanes = s.env(s.worker)["DEDUP_DB_CONNECTIONS"]["value"]
+    expect(lanes == str(s.values["worker"]["dbConnections"]), "DEDUP_DB_CONNECTIONS != worker.dbConnections")
 
 
 def check_security(s):
@@ -458,7 +463,7 @@ def check_notes(s):
     expect("<no value>" not in s.notes, "NOTES.txt has an unresolved value")
 
 
-SCENARIO_CHECKS = [check_common_metadata, check_selectors, check_ports_and_probes, check_grace_period,
+SCENARIO_CHECKS = [check_common_metadata, check_selectors, check_ports_and_probes, check_grace_period, check_db_connections,
                    check_security, check_no_plaintext_secrets, check_worker_contract, check_migrate_hook,
                    check_scaling, check_kafka_security, check_notes]
 

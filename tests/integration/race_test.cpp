@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <iostream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
 
+#include "dedup/lanes.hpp"
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
 #include "support/records.hpp"
@@ -15,6 +18,86 @@
 
 namespace dedup {
 namespace {
+
+// --db-connections 4: one batch's lanes are four transactions at once; the same key sent on
+// several partitions of one batch lands in several lanes, which race for it like workers do.
+TEST(Race, FourLanesRacingOverOneKeyInOneBatchCreateOneEntityAndReplayTheSameResults) {
+  constexpr int kLanes = 4;
+  constexpr int kPartitions = 16;
+  constexpr int kKeys = 2'000;
+  constexpr int kCopies = 3;  // each key on 3 random partitions
+  constexpr std::size_t kBatch = 400;
+  test::TestSchema schema;
+  SystemClock clock;
+  Observer observer;
+  std::vector<std::unique_ptr<PostgresKeyStore>> stores;
+  std::vector<std::unique_ptr<Processor>> processors;
+  std::vector<BatchProcessor*> lane_processors;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    stores.push_back(std::make_unique<PostgresKeyStore>(
+        PostgresOptions{.conninfo = schema.conninfo(), .schema = schema.name()}, schema.catalog()));
+    processors.push_back(
+        std::make_unique<Processor>(schema.catalog(), *stores.back(), clock, observer, ParseOptions{}));
+    lane_processors.push_back(processors.back().get());
+  }
+  Lanes lanes(lane_processors);
+
+  // Copies of a key sit next to each other in the stream, so most batches hold all of them.
+  std::mt19937 random(4242);
+  std::vector<std::int64_t> next_offset(kPartitions, 0);
+  std::vector<InboundRecord> stream;
+  for (int key = 0; key < kKeys; ++key) {
+    for (int copy = 0; copy < kCopies; ++copy) {
+      const int partition = static_cast<int>(random() % kPartitions);
+      stream.push_back(test::record({{"idempotency_key", "key-" + std::to_string(key)},
+                                     {"scope", "org-" + std::to_string(key % 5)},
+                                     {"type", "todo.create"},
+                                     {"payload", {{"title", "todo " + std::to_string(key)}}}},
+                                    {"commands", partition, next_offset[partition]++}));
+    }
+  }
+  auto run = [&] {
+    std::vector<CommandResult> results;
+    for (std::size_t start = 0; start < stream.size(); start += kBatch) {
+      const auto end = std::min(stream.size(), start + kBatch);
+      auto batch = lanes.process(std::span(stream).subspan(start, end - start));
+      results.insert(results.end(), batch.begin(), batch.end());
+    }
+    return results;
+  };
+  const auto first = run();
+  ASSERT_EQ(first.size(), stream.size());
+  std::map<std::string, nlohmann::json> created;
+  for (const auto& result : first) {
+    ASSERT_TRUE(result.status == Status::created || result.status == Status::duplicate)
+        << result.to_json();
+    if (result.status == Status::created) {
+      EXPECT_TRUE(created.emplace(*result.idempotency_key, result.entity).second)
+          << "second creation of " << *result.idempotency_key;
+    }
+  }
+  EXPECT_EQ(created.size(), static_cast<std::size_t>(kKeys));
+  for (const auto& result : first) {
+    EXPECT_EQ(result.entity, created.at(*result.idempotency_key)) << "one entity per key";
+  }
+  EXPECT_EQ(schema.scalar("SELECT count(*) FROM {schema}.todos"), kKeys);
+  EXPECT_EQ(schema.scalar("SELECT count(*) FROM {schema}.idempotency_keys"), kKeys);
+  // The lanes did race: some batch found a key claimed by another lane's open transaction and
+  // fell back to the claim-first protocol (a key's copies share a batch, on different lanes).
+  std::size_t fallbacks = 0;
+  for (const auto& store : stores) fallbacks += store->fast_path_fallbacks();
+  EXPECT_GT(fallbacks, 0U);
+  std::cout << "lanes: " << fallbacks << " fast-path fallback(s) from keys claimed by another lane\n";
+
+  // The whole stream redelivered (a rebalance, a crash before the commit): the same results.
+  const auto again = run();
+  ASSERT_EQ(again.size(), first.size());
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(again[i].status, first[i].status) << i;
+    EXPECT_EQ(again[i].entity, first[i].entity) << i;
+  }
+  EXPECT_EQ(schema.scalar("SELECT count(*) FROM {schema}.todos"), kKeys);
+}
 
 TEST(Race, EightWorkersRacingOverTheSameKeysCreateExactlyOneEntityPerKey) {
   constexpr int kWorkers = 8;

@@ -14,7 +14,15 @@
 
 namespace dedup {
 
-class Processor {
+// What the worker loop hands a batch to. process() returns one result per record, in input
+// order, or throws what KeyStore::apply throws (then no result of the batch may be published).
+class BatchProcessor {
+ public:
+  virtual ~BatchProcessor() = default;
+  virtual std::vector<CommandResult> process(std::span<const InboundRecord> records) = 0;
+};
+
+class Processor final : public BatchProcessor {
  public:
   // The catalog, store, clock and observer are borrowed and must outlive the processor.
   Processor(const CommandCatalog& catalog, KeyStore& store, const Clock& clock,
@@ -23,7 +31,7 @@ class Processor {
   // Validates every record, applies the valid ones through the key store in one transaction, and
   // returns one result per record, in input order. Records rejected by validation never reach the
   // store. Throws what KeyStore::apply throws; then no result of the batch may be published.
-  std::vector<CommandResult> process(std::span<const InboundRecord> records);
+  std::vector<CommandResult> process(std::span<const InboundRecord> records) override;
 
  private:
   const CommandCatalog& catalog_;

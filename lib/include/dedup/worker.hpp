@@ -28,7 +28,7 @@ class Worker final : public Stoppable {
   // Creates the consumer (subscribed) and the producer. The processor and observer are borrowed
   // and must outlive the worker. Throws ConfigError for a bad option or -X setting (exit 2) and
   // kafka::KafkaError when a client cannot be created.
-  Worker(WorkerOptions options, Processor& processor, Observer& observer);
+  Worker(WorkerOptions options, BatchProcessor& processor, Observer& observer);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -71,7 +71,7 @@ class Worker final : public Stoppable {
   void failpoint(const char* name);
 
   WorkerOptions options_;
-  Processor& processor_;
+  BatchProcessor& processor_;
   Observer& observer_;
   Backoff backoff_;
   // What a result or dead letter may weigh (dedup/outbound.hpp): the producer's

@@ -37,7 +37,7 @@ constexpr std::size_t kMinMessageMaxBytes = std::size_t{64} * 1024;
 
 }  // namespace
 
-Worker::Worker(WorkerOptions options, Processor& processor, Observer& observer)
+Worker::Worker(WorkerOptions options, BatchProcessor& processor, Observer& observer)
     : options_(checked(std::move(options))),
       processor_(processor),
       observer_(observer),

@@ -1,0 +1,42 @@
+// `run --db-connections N`: N database transactions in flight at once. A batch is split by
+// partition over N lanes, each a Processor over its own key store (its own connection); the lanes
+// run at the same time and their results are put back in the batch's order.
+//
+// Why this keeps exactly one effect: per-partition order holds (a partition's records all go to
+// one lane, in order), and two lanes racing for one key are two transactions racing for it, which
+// the key store already settles between workers. A lane that fails makes the whole batch fail
+// after every lane has finished: the lanes that committed replay the same results when the batch
+// is retried (the very record that claimed a key gets its original result back).
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "dedup/processor.hpp"
+
+namespace dedup {
+
+class Lanes final : public BatchProcessor {
+ public:
+  // The lanes are borrowed and must outlive this object; at least one. Each lane is used by one
+  // thread at a time (its own), so a lane needs no locking of its own; the observer the lanes
+  // share must be thread-safe (Metrics, LoggingObserver and FanOutObserver are).
+  explicit Lanes(std::vector<BatchProcessor*> lanes);
+
+  // Results in input order. When lanes fail, rethrows after all of them have finished: a
+  // PermanentDatabaseError or any other error before a TransientDatabaseError, so a retry is only
+  // attempted when every failure was transient.
+  std::vector<CommandResult> process(std::span<const InboundRecord> records) override;
+
+  // The lane of a partition: stable for the life of the process, so a partition's records are
+  // processed in order by one lane.
+  static std::size_t lane_of(std::int32_t partition, std::size_t lanes) noexcept;
+
+  std::size_t size() const noexcept { return lanes_.size(); }
+
+ private:
+  std::vector<BatchProcessor*> lanes_;
+};
+
+}  // namespace dedup

@@ -1,0 +1,105 @@
+#include "dedup/lanes.hpp"
+
+#include <exception>
+#include <future>
+#include <stdexcept>
+
+#include "dedup/errors.hpp"
+
+namespace dedup {
+namespace {
+
+// A lane's share of a batch: the records (copied: the lane's thread reads them while the caller
+// waits) and where each one's result goes back.
+struct Share {
+  std::vector<InboundRecord> records;
+  std::vector<std::size_t> slots;
+};
+
+bool is_transient(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const TransientDatabaseError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace
+
+Lanes::Lanes(std::vector<BatchProcessor*> lanes) : lanes_(std::move(lanes)) {
+  if (lanes_.empty()) throw std::invalid_argument("Lanes: at least one lane");
+  for (const BatchProcessor* lane : lanes_) {
+    if (lane == nullptr) throw std::invalid_argument("Lanes: null lane");
+  }
+}
+
+std::size_t Lanes::lane_of(std::int32_t partition, std::size_t lanes) noexcept {
+  // Partitions are 0..n-1: modulo spreads them evenly (16 partitions over 4 lanes: 4 each).
+  return static_cast<std::size_t>(partition < 0 ? -(partition + 1) : partition) % lanes;
+}
+
+std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records) {
+  if (lanes_.size() == 1) return lanes_[0]->process(records);
+
+  std::vector<Share> shares(lanes_.size());
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    Share& share = shares[lane_of(records[i].source.partition, lanes_.size())];
+    share.records.push_back(records[i]);
+    share.slots.push_back(i);
+  }
+
+  // Every lane but the first busy one runs on a thread of its own; that one on the caller's.
+  std::vector<std::future<std::vector<CommandResult>>> running(lanes_.size());
+  std::size_t here = lanes_.size();
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane) {
+    if (shares[lane].records.empty()) continue;
+    if (here == lanes_.size()) {
+      here = lane;
+      continue;
+    }
+    running[lane] = std::async(std::launch::async, [this, lane, &shares] {
+      return lanes_[lane]->process(shares[lane].records);
+    });
+  }
+
+  std::vector<std::vector<CommandResult>> answers(lanes_.size());
+  std::vector<std::exception_ptr> errors;
+  if (here < lanes_.size()) {
+    try {
+      answers[here] = lanes_[here]->process(shares[here].records);
+    } catch (...) {
+      errors.push_back(std::current_exception());
+    }
+  }
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane) {
+    if (!running[lane].valid()) continue;
+    try {
+      answers[lane] = running[lane].get();  // waits: no lane outlives this call
+    } catch (...) {
+      errors.push_back(std::current_exception());
+    }
+  }
+  if (!errors.empty()) {
+    for (const auto& error : errors) {
+      if (!is_transient(error)) std::rethrow_exception(error);
+    }
+    std::rethrow_exception(errors.front());
+  }
+
+  std::vector<CommandResult> results(records.size());
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane) {
+    if (answers[lane].size() != shares[lane].slots.size()) {
+      throw std::logic_error("a lane returned " + std::to_string(answers[lane].size()) +
+                             " results for " + std::to_string(shares[lane].slots.size()) +
+                             " records");
+    }
+    for (std::size_t k = 0; k < answers[lane].size(); ++k) {
+      results[shares[lane].slots[k]] = std::move(answers[lane][k]);
+    }
+  }
+  return results;
+}
+
+}  // namespace dedup

@@ -1,0 +1,146 @@
+// Lanes (--db-connections N) without a database: routing by partition, order of results, all
+// lanes running at once, and which failure wins when lanes fail.
+#include "dedup/lanes.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "dedup/errors.hpp"
+#include "support/records.hpp"
+
+namespace dedup {
+namespace {
+
+// Answers each record with its own position (in the result's error field), remembers what it was
+// given, and can be told to fail or to wait for the other lanes.
+class RecordingLane final : public BatchProcessor {
+ public:
+  std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
+    seen.assign(records.begin(), records.end());
+    thread = std::this_thread::get_id();
+    if (rendezvous != nullptr) rendezvous->arrive_and_wait_for_all();
+    if (failure) std::rethrow_exception(failure);
+    std::vector<CommandResult> results(records.size());
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      results[i].error = {{"partition", records[i].source.partition},
+                          {"offset", records[i].source.offset}};
+    }
+    return results;
+  }
+
+  // Every lane arrives; none goes on until all have, so the test only passes when the lanes run
+  // at the same time. A lane that waits too long reports it instead of hanging the suite.
+  struct Rendezvous {
+    std::mutex mutex;
+    std::condition_variable all_here;
+    int expected = 0;
+    int arrived = 0;
+    bool timed_out = false;
+    void arrive_and_wait_for_all() {
+      std::unique_lock lock(mutex);
+      if (++arrived == expected) all_here.notify_all();
+      if (!all_here.wait_for(lock, std::chrono::seconds(30), [&] { return arrived >= expected; })) {
+        timed_out = true;
+      }
+    }
+  };
+
+  std::vector<InboundRecord> seen;
+  std::thread::id thread;
+  std::exception_ptr failure;
+  Rendezvous* rendezvous = nullptr;
+};
+
+std::vector<InboundRecord> records_over(int partitions, int per_partition) {
+  std::vector<InboundRecord> records;
+  for (int offset = 0; offset < per_partition; ++offset) {
+    for (int partition = 0; partition < partitions; ++partition) {
+      records.push_back(test::record({{"k", offset}}, {"commands", partition, offset}));
+    }
+  }
+  return records;
+}
+
+TEST(LanesTest, EachPartitionGoesToOneLaneInOrderAndResultsComeBackInInputOrder) {
+  std::vector<RecordingLane> lanes(4);
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]});
+  const auto records = records_over(16, 5);
+  const auto results = laned.process(records);
+
+  ASSERT_EQ(results.size(), records.size());
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    EXPECT_EQ(results[i].error["partition"], records[i].source.partition) << i;
+    EXPECT_EQ(results[i].error["offset"], records[i].source.offset) << i;
+  }
+  for (std::size_t lane = 0; lane < lanes.size(); ++lane) {
+    ASSERT_EQ(lanes[lane].seen.size(), 20U) << "16 partitions over 4 lanes: 4 partitions each";
+    std::map<int, std::int64_t> last_offset;
+    for (const auto& record : lanes[lane].seen) {
+      EXPECT_EQ(Lanes::lane_of(record.source.partition, 4), lane);
+      const auto [it, first] = last_offset.emplace(record.source.partition, record.source.offset);
+      if (!first) {
+        EXPECT_GT(record.source.offset, it->second) << "a partition's order must hold in its lane";
+        it->second = record.source.offset;
+      }
+    }
+  }
+}
+
+TEST(LanesTest, LanesRunAtTheSameTimeOnThreadsOfTheirOwn) {
+  std::vector<RecordingLane> lanes(3);
+  RecordingLane::Rendezvous rendezvous;
+  rendezvous.expected = 3;
+  for (auto& lane : lanes) lane.rendezvous = &rendezvous;
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2]});
+  ASSERT_EQ(laned.process(records_over(3, 2)).size(), 6U);
+  EXPECT_FALSE(rendezvous.timed_out) << "a lane waited for the others: they ran one after another";
+  EXPECT_NE(lanes[0].thread, lanes[1].thread);
+  EXPECT_NE(lanes[1].thread, lanes[2].thread);
+  EXPECT_NE(lanes[0].thread, lanes[2].thread);
+}
+
+TEST(LanesTest, ALaneWithNoRecordsIsNotCalledAndOneBusyLaneRunsOnTheCaller) {
+  std::vector<RecordingLane> lanes(4);
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]});
+  const auto records = records_over(1, 3);  // partition 0 only: lane 0
+  ASSERT_EQ(laned.process(records).size(), 3U);
+  EXPECT_EQ(lanes[0].thread, std::this_thread::get_id());
+  for (std::size_t lane = 1; lane < lanes.size(); ++lane) EXPECT_TRUE(lanes[lane].seen.empty());
+}
+
+TEST(LanesTest, APermanentFailureWinsOverATransientOneAndEveryLaneFinishesFirst) {
+  std::vector<RecordingLane> lanes(3);
+  lanes[0].failure = std::make_exception_ptr(TransientDatabaseError("connection lost", "08006"));
+  lanes[2].failure = std::make_exception_ptr(PermanentDatabaseError("schema gone", "3F000"));
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2]});
+  EXPECT_THROW(laned.process(records_over(3, 4)), PermanentDatabaseError);
+  for (const auto& lane : lanes) EXPECT_EQ(lane.seen.size(), 4U) << "every lane ran to its end";
+
+  lanes[2].failure = nullptr;
+  EXPECT_THROW(laned.process(records_over(3, 4)), TransientDatabaseError)
+      << "only transient failures: the batch is retried";
+}
+
+TEST(LanesTest, OneLaneIsTheProcessorItself) {
+  RecordingLane only;
+  Lanes laned({&only});
+  ASSERT_EQ(laned.process(records_over(8, 2)).size(), 16U);
+  EXPECT_EQ(only.thread, std::this_thread::get_id());
+  EXPECT_THROW(Lanes({}), std::invalid_argument);
+}
+
+TEST(LanesTest, NegativePartitionsStillHaveALane) {
+  EXPECT_LT(Lanes::lane_of(-1, 4), 4U);
+  EXPECT_LT(Lanes::lane_of(std::numeric_limits<std::int32_t>::min(), 4), 4U);
+  EXPECT_EQ(Lanes::lane_of(5, 4), 1U);
+}
+
+}  // namespace
+}  // namespace dedup
