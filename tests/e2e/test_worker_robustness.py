@@ -272,6 +272,9 @@ class CrashAtFailpointTest(RobustnessCase):
     def test_crash_after_db_commit(self):
         self.crash_and_recover("after_db_commit:3")
 
+    def test_crash_with_the_next_batch_committed_and_results_in_flight(self):
+        self.crash_and_recover("after_db_commit_in_flight:2")
+
     def test_crash_after_results_acked(self):
         self.crash_and_recover("after_results_acked:3")
 

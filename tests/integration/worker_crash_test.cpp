@@ -129,6 +129,22 @@ TEST_F(WorkerCrashTest, CrashAfterResultsAckedLeavesOffsetsUncommittedSoResultsA
   for (const auto& [offset, count] : after) EXPECT_EQ(count, before.contains(offset) ? 2 : 1);
 }
 
+// Pipelining: the second batch is committed in the database while the first one's results are on
+// their way. A crash there leaves both batches uncommitted in Kafka; the successor reads all of
+// them again, and only the first batch's records can have a result twice.
+TEST_F(WorkerCrashTest, CrashWithTheNextBatchCommittedAndResultsInFlightCommitsNoOffset) {
+  ASSERT_TRUE(killed(run_child(brokers_, group_, "after_db_commit_in_flight", 3)));
+  EXPECT_EQ(test::committed_offsets(brokers_, group_, "commands", 1)[0], RD_KAFKA_OFFSET_INVALID);
+  const auto before = results_per_offset();
+  for (const auto& [offset, count] : before) {
+    EXPECT_LT(offset, 3) << "only the first batch's results were sent before the crash";
+  }
+  run_successor(kRecords);
+  const auto after = results_per_offset();
+  ASSERT_EQ(after.size(), static_cast<std::size_t>(kRecords));
+  for (const auto& [offset, count] : after) EXPECT_EQ(count, before.contains(offset) ? 2 : 1) << offset;
+}
+
 TEST_F(WorkerCrashTest, CrashBeforeSecondCommitResumesAfterTheFirstCommittedBatch) {
   ASSERT_TRUE(killed(run_child(brokers_, group_, "before_offset_commit:2", 3)));
   const std::int64_t committed = test::committed_offsets(brokers_, group_, "commands", 1)[0];

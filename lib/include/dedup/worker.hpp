@@ -1,13 +1,16 @@
-// The worker run loop (SPEC §4): poll a batch -> process -> publish results and dead letters ->
-// wait for every acknowledgement -> commit offsets -> next batch. Single-threaded by design: the
-// ordering "commit only after the transaction committed and Kafka acknowledged" is then the
-// program order, and a batch is the unit of retry.
+// The worker run loop (SPEC §4): poll a batch -> process (its transaction) -> wait for every
+// acknowledgement of the previous batch's results and commit its offsets -> send this batch's
+// results and dead letters -> next batch. One batch's results are on their way while the next is
+// in its transaction (docs/design.md, "The worker loop"). Single-threaded by design: "commit only
+// after the transaction committed and Kafka acknowledged" is then the program order, and a batch
+// is the unit of retry.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <string>
 
 #include "dedup/backoff.hpp"
 #include "dedup/observer.hpp"
@@ -20,8 +23,15 @@ namespace dedup {
 namespace kafka {
 class Consumer;
 class Producer;
-struct BatchDelivery;
 }  // namespace kafka
+class Publication;
+
+// Where results and dead letters go, and what one may weigh (dedup/outbound.hpp).
+struct OutputTopics {
+  std::string results;
+  std::string dlq;
+  std::size_t max_bytes = 0;  // the producer's message.max.bytes, less librdkafka's framing
+};
 
 class Worker final : public Stoppable {
  public:
@@ -58,11 +68,11 @@ class Worker final : public Stoppable {
   void stop_if_kafka_refuses_access() const;
   // Drops the records of `batch` that were not read under their partition's current assignment.
   void drop_unowned(std::vector<InboundRecord>& batch);
-  // Writes one result per record and a dead letter per rejected one, waiting for every
-  // acknowledgement; records too large for Kafka are written cut down (dedup/outbound.hpp).
-  kafka::BatchDelivery publish(const std::vector<InboundRecord>& batch,
-                               const std::vector<CommandResult>& results,
-                               std::chrono::steady_clock::time_point deadline);
+  // Waits for the acknowledgements of the batch whose results are on their way (sending again
+  // after failures, with backoff), then commits its offsets.
+  BatchOutcome finish_in_flight();
+  // Forgets the batch on its way, uncommitted (drain timeout, failure).
+  void abandon_in_flight() noexcept;
   void note_stop() noexcept;
   bool drain_expired() noexcept;
   void warn_about_missing_topics();
@@ -74,11 +84,13 @@ class Worker final : public Stoppable {
   BatchProcessor& processor_;
   Observer& observer_;
   Backoff backoff_;
-  // What a result or dead letter may weigh (dedup/outbound.hpp): the producer's
-  // message.max.bytes, less librdkafka's framing.
-  std::size_t output_max_bytes_ = 0;
+  OutputTopics output_topics_;
   std::unique_ptr<kafka::Consumer> consumer_;
   std::unique_ptr<kafka::Producer> producer_;
+  // The batch whose results are on their way while the next one is in its transaction (at most
+  // one: memory stays at two batches whatever the backlog). Declared after producer_: destroyed
+  // first, since it waits for its reports.
+  std::unique_ptr<Publication> in_flight_;
 
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> db_healthy_{true};

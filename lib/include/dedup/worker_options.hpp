@@ -14,7 +14,9 @@ namespace dedup {
 
 // Failpoints, FOR CRASH TESTS ONLY: with DEDUP_FAILPOINT=<name>[:<n>] in the environment, the
 // worker kills itself with SIGKILL the n-th time (default 1st) it reaches <name>:
-//   after_db_commit       the batch is committed in Postgres, nothing published
+//   after_db_commit       the batch is committed in Postgres, nothing of it published
+//   after_db_commit_in_flight  the same, reached only while the previous batch's results are
+//                         on their way (sent, not all acknowledged, offsets not committed)
 //   after_results_acked   results and dead letters acknowledged, offsets not committed
 //   before_offset_commit  observer notified, right before the offset commit
 // Unset in production. The library never reads the environment itself: the program that wants

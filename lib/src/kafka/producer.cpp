@@ -39,7 +39,7 @@ void add_header(rd_kafka_headers_t* headers, std::string_view name,
 
 }  // namespace
 
-// The reports of one send_batch. Heap-allocated so that in the impossible case where reports
+// The reports of one send(). Heap-allocated so that in the impossible case where reports
 // never arrive it can be leaked rather than left dangling under librdkafka's feet.
 struct Producer::Delivery {
   // Each message's opaque points at its slot, which knows its batch and its index.
@@ -48,6 +48,7 @@ struct Producer::Delivery {
     std::size_t index;
   };
   std::vector<Slot> slots;
+  std::size_t total = 0;
   std::size_t pending = 0;
   std::size_t delivered = 0;
   std::size_t failed = 0;
@@ -112,12 +113,35 @@ void Producer::on_delivery(rd_kafka_t* /*rk*/, const rd_kafka_message_t* message
   static_cast<Producer*>(self)->observer_.on_kafka_error(rd_kafka_err2name(message->err));
 }
 
-BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
-                                   std::chrono::steady_clock::time_point deadline) {
+Producer::InFlight::InFlight() = default;
+Producer::InFlight::InFlight(InFlight&&) noexcept = default;
+Producer::InFlight& Producer::InFlight::operator=(InFlight&& other) noexcept {
+  if (this != &other) {
+    InFlight discarded(std::move(*this));  // waits for its reports, if any
+    producer_ = other.producer_;
+    delivery_ = std::move(other.delivery_);
+  }
+  return *this;
+}
+
+Producer::InFlight::~InFlight() {
+  if (delivery_ != nullptr && producer_ != nullptr) {
+    try {
+      (void)producer_->wait(*this, std::chrono::steady_clock::now());  // purge, collect reports
+    } catch (...) {  // NOLINT(bugprone-empty-catch): a fatal producer error is reported by the loop
+    }
+  }
+}
+
+Producer::InFlight Producer::send(std::span<const OutboundRecord> records) {
   throw_if_fatal();
-  auto delivery = std::make_unique<Delivery>();
+  InFlight in_flight;
+  in_flight.producer_ = this;
+  in_flight.delivery_ = std::make_unique<Delivery>();
+  Delivery* delivery = in_flight.delivery_.get();
+  delivery->total = records.size();
   delivery->slots.reserve(records.size());  // never reallocated: messages point into it
-  for (std::size_t i = 0; i < records.size(); ++i) delivery->slots.push_back({delivery.get(), i});
+  for (std::size_t i = 0; i < records.size(); ++i) delivery->slots.push_back({delivery, i});
   rd_kafka_t* rk = handle_.get();
 
   for (std::size_t index = 0; index < records.size(); ++index) {
@@ -155,7 +179,15 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
       break;
     }
   }
+  // The batch is complete: send it now rather than after linger.ms.
+  rd_kafka_poll(rk, 0);
+  return in_flight;
+}
 
+BatchDelivery Producer::wait(InFlight& in_flight, std::chrono::steady_clock::time_point deadline) {
+  if (in_flight.delivery_ == nullptr) return {};
+  std::unique_ptr<Delivery> delivery = std::move(in_flight.delivery_);
+  rd_kafka_t* rk = handle_.get();
   bool purged = false;
   std::chrono::steady_clock::time_point give_up = std::chrono::steady_clock::time_point::max();
   while (delivery->pending > 0) {
@@ -169,9 +201,9 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
     if (now >= give_up) {
       spdlog::critical("kafka producer: {} delivery reports missing after purge",
                        delivery->pending);
-      delivery->failed += delivery->pending;
+      const std::size_t total = delivery->total;
       (void)delivery.release();  // a late report must find live memory
-      return {0, records.size(), "delivery reports missing after purge", {}};
+      return {0, total, "delivery reports missing after purge", {}};
     }
     // flush (not poll) so that linger.ms is skipped: the batch is complete, send it now.
     rd_kafka_flush(rk, static_cast<int>(kPollSlice.count()));
@@ -180,6 +212,12 @@ BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
   throw_if_fatal();  // a fatal error fails every message; say why, not "N failed"
   return {delivery->delivered, delivery->failed, delivery->first_error,
           std::move(delivery->too_large)};
+}
+
+BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,
+                                   std::chrono::steady_clock::time_point deadline) {
+  InFlight in_flight = send(records);
+  return wait(in_flight, deadline);
 }
 
 std::size_t Producer::max_message_bytes() const {

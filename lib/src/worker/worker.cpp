@@ -10,6 +10,7 @@
 #include "dedup/errors.hpp"
 #include "dedup/kafka/consumer.hpp"
 #include "dedup/kafka/producer.hpp"
+#include "worker/publication.hpp"
 
 namespace dedup {
 namespace {
@@ -53,7 +54,8 @@ Worker::Worker(WorkerOptions options, BatchProcessor& processor, Observer& obser
                       "must be at least " + std::to_string(kMinMessageMaxBytes) +
                           ": a cut-down dead letter needs up to ~24 KiB");
   }
-  output_max_bytes_ = producer_->max_message_bytes() - kFramingAllowance;
+  output_topics_ = {options_.results_topic, options_.dlq_topic,
+                    producer_->max_message_bytes() - kFramingAllowance};
   consumer_ = std::make_unique<kafka::Consumer>(
       kafka::ConsumerOptions{
           options_.brokers, options_.group, {options_.commands_topic}, options_.kafka_settings},
@@ -93,18 +95,26 @@ int Worker::run() {
       maybe_cleanup();
       maybe_report_lag();
       producer_->poll();
+      // With results on their way, take only what is already fetched: waiting for a fuller
+      // batch would delay their acknowledgement and offset commit for nothing.
       std::vector<InboundRecord> batch = consumer_->poll_batch(
-          options_.max_batch_records, options_.max_batch_bytes, options_.max_batch_wait);
+          options_.max_batch_records, options_.max_batch_bytes,
+          in_flight_ ? milliseconds::zero() : options_.max_batch_wait);
       stop_if_kafka_refuses_access();
       drop_unowned(batch);
-      if (batch.empty()) {
-        if (const auto retried = consumer_->retry_failed_commits(); !retried.ok) {
-          spdlog::debug("offset commit retry failed (tried again while idle): {}", retried.error);
-        }
-        continue;
+      BatchOutcome outcome = BatchOutcome::done;
+      if (!batch.empty()) {
+        outcome = handle_batch(batch);
+      } else if (in_flight_) {
+        outcome = finish_in_flight();
+      } else if (const auto retried = consumer_->retry_failed_commits(); !retried.ok) {
+        spdlog::debug("offset commit retry failed (tried again while idle): {}", retried.error);
       }
-      if (handle_batch(batch) == BatchOutcome::abandoned) break;
+      if (outcome == BatchOutcome::abandoned) break;
+      if (consumer_->paused()) consumer_->resume_all();
     }
+    if (in_flight_ && !drain_expired()) (void)finish_in_flight();
+    abandon_in_flight();
 
     spdlog::info("worker stopping: leaving the group, flushing the producer");
     consumer_->close();
@@ -119,6 +129,7 @@ int Worker::run() {
     spdlog::critical("unexpected error, stopping: {}", e.what());
   }
   db_healthy_.store(false);
+  in_flight_.reset();  // uncommitted: redelivered and replayed
   return 1;
 }
 
@@ -128,13 +139,14 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
       // Every partition of the batch was revoked during a backoff. Whether the database is back is
       // unknown until the next batch; readiness must not stay false on an idle worker meanwhile.
       db_healthy_.store(true);
-      break;
+      return in_flight_ ? finish_in_flight() : BatchOutcome::done;
     }
     if (drain_expired()) {
       spdlog::warn(
           "drain timeout: abandoning a batch of {} record(s) uncommitted (redelivered "
           "later, results replayed)",
           batch.size());
+      abandon_in_flight();
       return BatchOutcome::abandoned;
     }
 
@@ -145,6 +157,8 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
       db_healthy_.store(false);
       spdlog::warn("database unavailable (attempt {}), batch of {} will be retried: {}",
                    attempt + 1, batch.size(), e.what());
+      // The previous batch's results are out or on their way: commit it before waiting.
+      if (in_flight_ && finish_in_flight() == BatchOutcome::abandoned) return BatchOutcome::abandoned;
       // Stop fetching but keep polling: the group must see us alive and rebalances must be served.
       if (!consumer_->paused()) consumer_->pause_all();
       back_off(attempt, batch);
@@ -156,43 +170,69 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
                              " results for " + std::to_string(batch.size()) + " records");
     }
     failpoint("after_db_commit");
+    if (in_flight_) {
+      failpoint("after_db_commit_in_flight");
+      // This batch's transaction ran while Kafka acknowledged the previous one: now it is
+      // committed (in order: offsets of a partition never skip a batch) before this one is sent.
+      if (finish_in_flight() == BatchOutcome::abandoned) return BatchOutcome::abandoned;
+    }
+    in_flight_ = std::make_unique<Publication>(*producer_, std::move(batch), std::move(results),
+                                               output_topics_);
+    return BatchOutcome::done;
+  }
+}
 
+Worker::BatchOutcome Worker::finish_in_flight() {
+  Publication& publication = *in_flight_;
+  for (int attempt = 0;; ++attempt) {
+    if (drain_expired()) {
+      spdlog::warn("drain timeout: abandoning the results of {} record(s) on their way, offsets "
+                   "uncommitted (redelivered later, results replayed)",
+                   publication.batch().size());
+      abandon_in_flight();
+      return BatchOutcome::abandoned;
+    }
     note_stop();
     const auto deadline = drain_deadline_ != SteadyClock::time_point{}
                               ? drain_deadline_
                               : SteadyClock::time_point::max();
-    const kafka::BatchDelivery delivery = publish(batch, results, deadline);
-    if (!delivery.ok()) {
-      // Nothing is committed; the batch is processed again, and the store replays the same
-      // results for the same source positions, so republishing is harmless.
-      spdlog::warn("publishing failed for {} of {} record(s) (attempt {}): {}", delivery.failed,
-                   delivery.delivered + delivery.failed, attempt + 1, delivery.first_error);
-      if (!consumer_->paused()) consumer_->pause_all();
-      back_off(attempt, batch);
-      continue;
-    }
-    failpoint("after_results_acked");
-
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      observer_.on_result_published(results[i], end_to_end_seconds(batch[i]));
-    }
-    failpoint("before_offset_commit");
-
-    // No callback ran since the batch was last checked (callbacks run only while polling), so
-    // every record is still ours; checked anyway, since committing for a partition read under
-    // an earlier assignment is the one thing that can lose records.
-    drop_unowned(batch);
-    const kafka::CommitOutcome commit = consumer_->commit(kafka::next_offsets(batch));
-    if (!commit.ok) {
-      // The results are out. The consumer keeps the offsets and commits them with the next
-      // commit (or while idle) if the partitions stay ours; if they move, their new owner reads
-      // the records again and replays the same results.
-      spdlog::warn("offset commit failed (kept for the next commit): {}", commit.error);
-    }
-    break;
+    const kafka::BatchDelivery delivery = publication.finish(deadline);
+    if (delivery.ok()) break;
+    // Nothing is committed; the records are sent again (the store would replay the same results
+    // for the same source positions, so sending the ones built is the same thing, cheaper).
+    spdlog::warn("publishing failed for {} of {} record(s) (attempt {}): {}", delivery.failed,
+                 delivery.delivered + delivery.failed, attempt + 1, delivery.first_error);
+    if (!consumer_->paused()) consumer_->pause_all();
+    back_off(attempt, publication.batch());
+    publication.resend();
   }
-  if (consumer_->paused()) consumer_->resume_all();
+  failpoint("after_results_acked");
+
+  std::vector<InboundRecord>& batch = publication.batch();
+  const std::vector<CommandResult>& results = publication.results();
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    observer_.on_result_published(results[i], end_to_end_seconds(batch[i]));
+  }
+  failpoint("before_offset_commit");
+
+  // Callbacks run while polling, so partitions may have moved since the batch was read:
+  // committing for a partition read under an earlier assignment is the one thing that can lose
+  // records.
+  drop_unowned(batch);
+  const kafka::CommitOutcome commit = consumer_->commit(kafka::next_offsets(batch));
+  if (!commit.ok) {
+    // The results are out. The consumer keeps the offsets and commits them with the next
+    // commit (or while idle) if the partitions stay ours; if they move, their new owner reads
+    // the records again and replays the same results.
+    spdlog::warn("offset commit failed (kept for the next commit): {}", commit.error);
+  }
+  in_flight_.reset();
   return BatchOutcome::done;
+}
+
+void Worker::abandon_in_flight() noexcept {
+  // Its offsets are not committed: its records are delivered again and their results replayed.
+  in_flight_.reset();
 }
 
 void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
@@ -229,59 +269,6 @@ void Worker::drop_unowned(std::vector<InboundRecord>& batch) {
                  "the committed offset by the partition's owner",
                  dropped);
   }
-}
-
-kafka::BatchDelivery Worker::publish(const std::vector<InboundRecord>& batch,
-                                     const std::vector<CommandResult>& results,
-                                     SteadyClock::time_point deadline) {
-  // Which record each outbound record answers, so that one refused as too large can be written
-  // again cut down.
-  struct Origin {
-    std::size_t record;
-    bool dead_letter;
-  };
-  auto build = [&](const Origin& origin, bool compact) {
-    const OutputLimit limit{output_max_bytes_, compact};
-    const CommandResult& result = results[origin.record];
-    return origin.dead_letter
-               ? make_dead_letter(batch[origin.record], *result.rejection, options_.dlq_topic, limit)
-               : make_result_record(result, options_.results_topic, limit);
-  };
-  std::vector<OutboundRecord> outbound;
-  std::vector<Origin> origins;
-  outbound.reserve(batch.size());
-  origins.reserve(batch.size());
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    origins.push_back({i, false});
-    if (results[i].rejection) origins.push_back({i, true});
-  }
-  for (const Origin& origin : origins) outbound.push_back(build(origin, /*compact=*/false));
-
-  kafka::BatchDelivery delivery = producer_->send_batch(outbound, deadline);
-  if (delivery.ok() || delivery.too_large.size() != delivery.failed) return delivery;
-  // Every failure was "too large". A topic's max.message.bytes limits a whole record batch, so a
-  // record may have been refused only for the company it was batched with: each one is sent
-  // again alone, whole, and cut down only if refused alone. Whether a record is cut down then
-  // depends on that record only, and a replay publishes the same thing.
-  kafka::BatchDelivery outcome{delivery.delivered, 0, {}, {}};
-  std::size_t compacted = 0;
-  for (const auto index : delivery.too_large) {
-    kafka::BatchDelivery alone = producer_->send_batch(std::span(&outbound[index], 1), deadline);
-    if (!alone.ok() && alone.too_large.size() == alone.failed) {
-      const OutboundRecord cut = build(origins[index], /*compact=*/true);
-      alone = producer_->send_batch(std::span(&cut, 1), deadline);
-      ++compacted;
-    }
-    outcome.delivered += alone.delivered;
-    outcome.failed += alone.failed;
-    if (outcome.first_error.empty()) outcome.first_error = alone.first_error;
-  }
-  if (compacted > 0) {
-    spdlog::warn("{} record(s) refused by Kafka as too large on their own; written cut down "
-                 "(docs/contract.md §2-3)",
-                 compacted);
-  }
-  return outcome;
 }
 
 void Worker::warn_about_missing_topics() {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <cstddef>
 #include <optional>
 #include <span>
@@ -38,6 +39,8 @@ struct ProducerOptions {
 };
 
 class Producer {
+  struct Delivery;  // the reports of one send()
+
  public:
   // Creates an idempotent producer (enable.idempotence=true, acks=all; message.timeout.ms 60 s
   // and message.max.bytes 1 MiB + 64 KiB unless -X says otherwise). `observer` is borrowed and
@@ -51,12 +54,41 @@ class Producer {
   Producer(Producer&&) = delete;
   Producer& operator=(Producer&&) = delete;
 
-  // Enqueues every record and blocks until each one has a delivery report. Per-record failures
-  // (broker unreachable past message.timeout.ms, topic missing, too large...) are counted in the
-  // result, never lost: ok() means Kafka acknowledged ALL of them. If `deadline` passes first, the
-  // records still queued or in flight are purged and reported as failed (they may or may not have
-  // been written: a retry can duplicate them, which the results contract allows).
+  // Records on their way: enqueued, their delivery reports arriving while the caller does other
+  // work (reports are served by poll(), wait() and send()). Move-only; destroying one whose
+  // reports have not all arrived waits for them (up to the purge grace), so no report can find
+  // freed memory.
+  class InFlight {
+   public:
+    InFlight();
+    InFlight(InFlight&&) noexcept;
+    InFlight& operator=(InFlight&&) noexcept;
+    ~InFlight();
+    // True when there is nothing on its way (default-constructed, or already waited for).
+    bool empty() const noexcept { return delivery_ == nullptr; }
+
+   private:
+    friend class Producer;
+    Producer* producer_ = nullptr;
+    std::unique_ptr<Delivery> delivery_;
+  };
+
+  // Enqueues every record and returns at once. Records refused before queueing (too large for
+  // the producer, unknown topic) are counted as failed in the InFlight's outcome.
   // Throws KafkaError(fatal = true) if the producer raised a fatal error (idempotence broken).
+  InFlight send(std::span<const OutboundRecord> records);
+
+  // Blocks until each record of `in_flight` has a delivery report. Per-record failures (broker
+  // unreachable past message.timeout.ms, topic missing, too large...) are counted in the result,
+  // never lost: ok() means Kafka acknowledged ALL of them. If `deadline` passes first, the
+  // records still queued or in flight are purged — every record of this producer, not only
+  // these — and reported as failed (they may or may not have been written: a retry can
+  // duplicate them, which the results contract allows). Leaves `in_flight` empty.
+  // Throws KafkaError(fatal = true) if the producer raised a fatal error.
+  BatchDelivery wait(InFlight& in_flight, std::chrono::steady_clock::time_point deadline =
+                                              std::chrono::steady_clock::time_point::max());
+
+  // send() then wait().
   BatchDelivery send_batch(std::span<const OutboundRecord> records,
                            std::chrono::steady_clock::time_point deadline =
                                std::chrono::steady_clock::time_point::max());
@@ -79,7 +111,6 @@ class Producer {
   std::size_t max_message_bytes() const;
 
  private:
-  struct Delivery;
   static void on_delivery(rd_kafka_t* rk, const rd_kafka_message_t* message, void* opaque);
 
   Observer& observer_;
