@@ -28,7 +28,6 @@ class Session {
   const std::string& prepared(pqxx::connection_base& current, const std::string& signature,
                               const std::function<std::string()>& render);
 
-  const std::string& conninfo() const noexcept { return conninfo_; }
   const std::string& schema() const noexcept { return schema_; }
 
  private:
