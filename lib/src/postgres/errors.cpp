@@ -37,6 +37,10 @@ FailureKind classify_sqlstate(std::string_view sqlstate) noexcept {
   return FailureKind::record;
 }
 
+bool may_be_records(std::string_view sqlstate) noexcept {
+  return classify_sqlstate(sqlstate) != FailureKind::transient;
+}
+
 std::string sqlstate_of(const pqxx::sql_error& e) {
   if (!e.sqlstate().empty()) return e.sqlstate();
   if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr) return "42501";
@@ -76,41 +80,6 @@ std::string to_pg_timestamp(Timestamp t) {
                      static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
                      time.hours().count(), time.minutes().count(), time.seconds().count(),
                      time.subseconds().count());
-}
-
-std::string with_schema(std::string_view sql, std::string_view schema) {
-  const std::string quoted = quote_identifier(schema);
-  std::string out;
-  out.reserve(sql.size() + 32);
-  constexpr std::string_view kPlaceholder = "{schema}";
-  std::size_t pos = 0;
-  while (true) {
-    const auto next = sql.find(kPlaceholder, pos);
-    if (next == std::string_view::npos) break;
-    out.append(sql.substr(pos, next - pos));
-    out += quoted;
-    pos = next + kPlaceholder.size();
-  }
-  out.append(sql.substr(pos));
-  return out;
-}
-
-std::unique_ptr<pqxx::connection> connect(const std::string& conninfo) {
-  try {
-    return std::make_unique<pqxx::connection>(conninfo);
-  } catch (const pqxx::broken_connection& e) {
-    // libpq reports every connect failure the same way; tell a retryable one (server not up yet,
-    // refused, timed out) from one a retry cannot cure (authentication, missing database).
-    const std::string what = e.what();
-    const bool permanent = what.find("authentication failed") != std::string::npos ||
-                           what.find("does not exist") != std::string::npos ||
-                           what.find("invalid connection option") != std::string::npos ||
-                           what.find("missing \"=\"") != std::string::npos;
-    if (permanent) throw PermanentDatabaseError("cannot connect to Postgres: " + what, "08001");
-    throw TransientDatabaseError("cannot connect to Postgres: " + what, "08001");
-  } catch (...) {
-    rethrow_classified("connect");
-  }
 }
 
 }  // namespace dedup::pg

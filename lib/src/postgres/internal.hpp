@@ -26,6 +26,11 @@ enum class FailureKind { transient, record, configuration };
 // raises, count as the record's). No SQLSTATE at all means the connection was lost: transient.
 FailureKind classify_sqlstate(std::string_view sqlstate) noexcept;
 
+// Not transient: a statement over many records that fails so is redone in a way that pins the
+// error on one record. A configuration-class error can be one record's too (a row-level security
+// WITH CHECK: 42501; a regclass value naming no table: 42P01); the deployment is re-checked then.
+bool may_be_records(std::string_view sqlstate) noexcept;
+
 // e.sqlstate(), or the SQLSTATE libpqxx 6.4 leaves out: it throws insufficient_privilege (42501)
 // without it, and an empty SQLSTATE reads as "connection lost" (transient: retried forever).
 std::string sqlstate_of(const pqxx::sql_error& e);
@@ -40,7 +45,7 @@ std::string sqlstate_of(const pqxx::sql_error& e);
 // "YYYY-MM-DD HH:MM:SS.uuuuuu+00", for timestamptz parameters.
 std::string to_pg_timestamp(Timestamp t);
 
-// Replaces every "{schema}" in `sql` with the quoted schema name.
+// Replaces every "{schema}" in `sql` with the quoted schema name (sql.hpp's render_sql).
 std::string with_schema(std::string_view sql, std::string_view schema);
 
 // Opens a connection; throws TransientDatabaseError if it cannot (server down, bad host) and
