@@ -98,7 +98,6 @@ dedup::kafka::KafkaSettings parse_kafka_settings(const std::vector<std::string>&
 int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   const auto catalog = dedup::CommandCatalog::from_file(flags.config);
   const auto key_ttl = dedup::parse_duration(flags.key_ttl, "--key-ttl");
-  if (key_ttl < std::chrono::minutes(1)) throw ConfigError("--key-ttl", "must be at least 1m");
   if (flags.max_message_bytes == 0) throw ConfigError("--max-message-bytes", "must be at least 1");
   if (flags.db_connections < 1 || flags.db_connections > kMaxDbConnections) {
     throw ConfigError("--db-connections",

@@ -334,6 +334,25 @@ TEST(KeyStoreStartup, RefusesAnUnmigratedSchemaAndMissingTablesNamingTheField) {
   }
 }
 
+TEST(KeyStoreStartup, AKeyTtlUnderAMinuteOrPastAHundredYearsNamesTheFlag) {
+  test::TestSchema schema;
+  for (const std::chrono::seconds ttl :
+       {std::chrono::seconds(0), std::chrono::seconds(59), std::chrono::seconds(-5),
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::days(36501))}) {
+    try {
+      PostgresKeyStore store(
+          {.conninfo = schema.conninfo(), .schema = schema.name(), .key_ttl = ttl},
+          schema.catalog());
+      FAIL() << "expected ConfigError for a TTL of " << ttl.count() << " s";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.field(), "--key-ttl");
+    }
+  }
+  EXPECT_NO_THROW(PostgresKeyStore(
+      {.conninfo = schema.conninfo(), .schema = schema.name(), .key_ttl = std::chrono::minutes(1)},
+      schema.catalog()));
+}
+
 TEST(KeyStoreStartup, AnUnreachableServerIsTransient) {
   const auto catalog = CommandCatalog::from_yaml("commands:\n  t.create:\n    table: t\n");
   EXPECT_THROW(PostgresKeyStore({.conninfo = "host=127.0.0.1 port=1 connect_timeout=2"}, catalog),

@@ -78,9 +78,9 @@ class CleanupTest : public ::testing::Test {
 };
 
 TEST_F(CleanupTest, RemovesOnlyExpiredKeysInBoundedBatches) {
-  write_keys("short-", 25, std::chrono::seconds(10));
+  write_keys("short-", 25, std::chrono::minutes(10));
   write_keys("long-", 5, std::chrono::hours(1));
-  clock_.advance(std::chrono::seconds(11));
+  clock_.advance(std::chrono::minutes(11));
   // Batches of 10: 25 expired rows take three short transactions; the live ones stay.
   EXPECT_EQ(cleanup_expired_keys(schema_.conninfo(), schema_.name(), clock_.now(), {.batch_size = 10}),
             25u);
@@ -92,8 +92,8 @@ TEST_F(CleanupTest, RemovesOnlyExpiredKeysInBoundedBatches) {
 }
 
 TEST_F(CleanupTest, MaxBatchesBoundsOneRun) {
-  write_keys("k-", 30, std::chrono::seconds(1));
-  clock_.advance(std::chrono::seconds(2));
+  write_keys("k-", 30, std::chrono::minutes(1));
+  clock_.advance(std::chrono::minutes(2));
   EXPECT_EQ(cleanup_expired_keys(schema_.conninfo(), schema_.name(), clock_.now(),
                                  {.batch_size = 10, .max_batches = 2}),
             20u);

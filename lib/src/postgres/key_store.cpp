@@ -130,8 +130,10 @@ std::vector<CommandResult> PostgresKeyStore::Impl::apply_with_retries(
 PostgresKeyStore::PostgresKeyStore(PostgresOptions options, const CommandCatalog& catalog,
                                    Observer* observer)
     : impl_(std::make_unique<Impl>(std::move(options), catalog, observer)) {
-  if (impl_->options.key_ttl <= std::chrono::seconds::zero()) {
-    throw ConfigError("--key-ttl", "must be positive");
+  // The one check of --key-ttl. A key must outlive a redelivery; under a minute it could expire
+  // while its batch is still being retried.
+  if (impl_->options.key_ttl < std::chrono::minutes(1)) {
+    throw ConfigError("--key-ttl", "must be at least 1m");
   }
   // now + key_ttl must stay a timestamp (microseconds since 1970 overflow int64 after ~292,000
   // years; Postgres stops at year 294276): an overflowed expires_at can lie in the past, and
