@@ -4,7 +4,14 @@
 // records and the raw Postgres limit (bench_support.hpp's raw_statements, at the worker's batch
 // size), measured in the same run. Prints one `name: value` line per figure. Usage:
 //   dedup_bench_worker --db CONNINFO [--commands 50000] [--partitions 1] [--latency-seconds 8]
-//                      [--brokers HOST:PORT --topic NAME --broker-name TEXT]
+//                      [--db-connections 1] [--brokers HOST:PORT --topic NAME --broker-name TEXT]
+// --db-connections N wires the worker as `dedup-worker run --db-connections N` does (worker/
+// main.cpp): N lanes, each a Processor over its own PostgresKeyStore, behind dedup::Lanes. With
+// N > 1 the raw limit is also measured with N clients at once (each its own connection and share
+// of the same statements, timed from the start to the last client's end), printed as
+// `raw unique rows/s (N clients)` with ratios `... ratio to raw N-client`. The "mean batch"
+// figures count the worker's batches (before the lanes split them); "share in transaction" sums
+// the lanes' transaction time, so with N lanes it can reach N.
 // With --brokers, the topics NAME (--partitions partitions), NAME.results and NAME.dlq must exist
 // (bench/run creates them with scripts/kafka topic); without, the mock gets "commands" with
 // --partitions partitions and one-partition results and dead-letter topics.
@@ -14,6 +21,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <exception>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <cstdlib>
@@ -25,6 +34,7 @@
 
 #include "dedup/kafka/handles.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
+#include "dedup/lanes.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
@@ -46,6 +56,7 @@ struct Options {
   int partitions = 1;
   double latency_seconds = 8;
   std::size_t max_batch = 500;
+  std::size_t db_connections = 1;  // the worker's lanes, as `run --db-connections`
   std::string brokers;  // empty: librdkafka's mock cluster, in process
   std::string topic = "commands";
   std::string broker_name;
@@ -58,16 +69,22 @@ void add_flags(CLI::App& app, Options& options) {
       ->capture_default_str();
   app.add_option("--latency-seconds", options.latency_seconds, "length of the latency phase")
       ->capture_default_str();
+  app.add_option("--db-connections", options.db_connections,
+                 "the worker's database lanes (as run --db-connections); with N > 1, the raw limit "
+                 "with N clients too")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_option("--brokers", options.brokers,
                  "a real Kafka broker (HOST:PORT); without it, librdkafka's mock in process");
   app.add_option("--topic", options.topic, "commands topic on --brokers")->capture_default_str();
   app.add_option("--broker-name", options.broker_name, "how the broker is named in the output");
 }
 
-// Counts published results and keeps their end-to-end latencies.
+// Counts published results and keeps their end-to-end latencies. Batches are counted by
+// CountedBatches, as the worker hands them over: each lane's Processor reports only its share.
 class Recorder final : public dedup::Observer {
  public:
-  void on_batch(std::size_t records) override {
+  void on_worker_batch(std::size_t records) {
     std::lock_guard lock(mutex_);
     if (!first_batch_) first_batch_ = SteadyClock::now();
     ++batches_;
@@ -115,6 +132,20 @@ class Recorder final : public dedup::Observer {
   std::size_t batched_records_ = 0;
   double store_seconds_ = 0;
   std::optional<SteadyClock::time_point> first_batch_;
+};
+
+// The worker's processor (the lanes), counting the batches the worker hands it.
+class CountedBatches final : public dedup::BatchProcessor {
+ public:
+  CountedBatches(dedup::BatchProcessor& inner, Recorder& recorder) : inner_(inner), recorder_(recorder) {}
+  std::vector<dedup::CommandResult> process(std::span<const dedup::InboundRecord> records) override {
+    recorder_.on_worker_batch(records.size());
+    return inner_.process(records);
+  }
+
+ private:
+  dedup::BatchProcessor& inner_;
+  Recorder& recorder_;
 };
 
 using dedup::bench::reset_schema;
@@ -244,15 +275,46 @@ double core_only(const Options& options, const dedup::CommandCatalog& catalog, c
   return options.commands / std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
 
-// The raw Postgres limit for the same rows at the worker's batch size: inserted (unique), then
-// inserted again (duplicate: ON CONFLICT DO NOTHING), one transaction per batch.
-std::pair<double, double> raw_limit(const Options& options, const std::string& schema) {
+// Seconds for the clients to run all the statements at once, each client (its own connection, on
+// its own thread) a contiguous share of them, one transaction each: from the start to the last
+// client's end. One client: on this thread, as before there were several.
+double time_raw_clients(const std::vector<std::unique_ptr<pqxx::connection>>& clients,
+                        const std::vector<std::string>& statements) {
+  const std::size_t n = clients.size();
+  if (n == 1) return dedup::bench::time_raw(*clients[0], statements, 0, statements.size());
+  std::vector<std::exception_ptr> errors(n);
+  const auto start = SteadyClock::now();
+  {
+    std::vector<std::jthread> threads;
+    for (std::size_t c = 0; c < n; ++c) {
+      threads.emplace_back([&, c] {
+        try {
+          dedup::bench::time_raw(*clients[c], statements, statements.size() * c / n,
+                                 statements.size() * (c + 1) / n);
+        } catch (...) {
+          errors[c] = std::current_exception();
+        }
+      });
+    }
+  }  // joined
+  const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+  for (const auto& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
+  return seconds;
+}
+
+// The raw Postgres limit for the same rows at the worker's batch size, with `clients` connections
+// at once (connected before the clock starts): inserted (unique), then inserted again (duplicate:
+// ON CONFLICT DO NOTHING), one transaction per batch.
+std::pair<double, double> raw_limit(const Options& options, const std::string& schema, std::size_t clients) {
   reset_schema(options.db, schema);
-  pqxx::connection raw(options.db);
-  const auto statements =
-      dedup::bench::raw_statements(schema, options.commands, static_cast<int>(options.max_batch), raw);
-  const double unique = options.commands / dedup::bench::time_raw(raw, statements, 0, statements.size());
-  const double duplicate = options.commands / dedup::bench::time_raw(raw, statements, 0, statements.size());
+  std::vector<std::unique_ptr<pqxx::connection>> connections;
+  for (std::size_t c = 0; c < clients; ++c) connections.push_back(std::make_unique<pqxx::connection>(options.db));
+  const auto statements = dedup::bench::raw_statements(schema, options.commands,
+                                                       static_cast<int>(options.max_batch), *connections[0]);
+  const double unique = options.commands / time_raw_clients(connections, statements);
+  const double duplicate = options.commands / time_raw_clients(connections, statements);
   return {unique, duplicate};
 }
 
@@ -279,7 +341,10 @@ int main(int argc, char** argv) try {
   const double core_unique = core_only(options, core_catalog, core_schema, 0, dedup::Status::created, true);
   const double core_duplicate =
       core_only(options, core_catalog, core_schema, options.commands, dedup::Status::duplicate, false);
-  const auto [raw_unique, raw_duplicate] = raw_limit(options, raw_schema);
+  const auto [raw_unique, raw_duplicate] = raw_limit(options, raw_schema, 1);
+  const std::size_t lanes_count = options.db_connections;
+  const auto [raw_unique_n, raw_duplicate_n] =
+      lanes_count > 1 ? raw_limit(options, raw_schema, lanes_count) : std::pair{raw_unique, raw_duplicate};
 
   // The worker.
   reset_schema(options.db, schema);
@@ -301,8 +366,19 @@ int main(int argc, char** argv) try {
 
   Recorder recorder;
   dedup::SystemClock clock;
-  dedup::PostgresKeyStore store({.conninfo = options.db, .schema = schema}, catalog);
-  dedup::Processor processor(catalog, store, clock, recorder, {});
+  // As worker/main.cpp's run_worker: N lanes, each a processor over its own key store.
+  std::vector<std::unique_ptr<dedup::PostgresKeyStore>> stores;
+  std::vector<std::unique_ptr<dedup::Processor>> processors;
+  std::vector<dedup::BatchProcessor*> lane_list;
+  for (std::size_t lane = 0; lane < lanes_count; ++lane) {
+    stores.push_back(std::make_unique<dedup::PostgresKeyStore>(
+        dedup::PostgresOptions{.conninfo = options.db, .schema = schema}, catalog, &recorder));
+    processors.push_back(std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, recorder,
+                                                            dedup::ParseOptions{}));
+    lane_list.push_back(processors.back().get());
+  }
+  dedup::Lanes lanes(std::move(lane_list));
+  CountedBatches processor(lanes, recorder);
   dedup::WorkerOptions worker_options;
   worker_options.brokers = brokers;
   worker_options.group = topic + "-bench-worker";
@@ -398,23 +474,38 @@ int main(int argc, char** argv) try {
                              options.broker_name.empty() ? "Kafka" : options.broker_name, brokers);
   }
   std::cout << fmt::format("worker max batch: {}\n", options.max_batch);
+  std::cout << fmt::format("db connections: {}\n", lanes_count);
   std::cout << fmt::format("raw unique rows/s: {:.0f}\n", raw_unique);
   std::cout << fmt::format("raw duplicate rows/s: {:.0f}\n", raw_duplicate);
+  // The N-client figures (N > 1 only), named with their N: `raw unique rows/s (4 clients)`,
+  // `worker backlog ratio to raw 4-client`.
+  const bool clients = lanes_count > 1;
+  const std::string n_clients = fmt::format("({} clients)", lanes_count);
+  const std::string to_raw_n = fmt::format("ratio to raw {}-client", lanes_count);
+  if (clients) {
+    std::cout << fmt::format("raw unique rows/s {}: {:.0f}\n", n_clients, raw_unique_n);
+    std::cout << fmt::format("raw duplicate rows/s {}: {:.0f}\n", n_clients, raw_duplicate_n);
+  }
   std::cout << fmt::format("worker group join seconds: {:.2f}\n", join_seconds);
   std::cout << fmt::format("worker backlog unique commands/s: {:.0f}\n", worker_backlog);
   std::cout << fmt::format("worker backlog ratio to raw: {:.2f}\n", worker_backlog / raw_unique);
+  if (clients) std::cout << fmt::format("worker backlog {}: {:.2f}\n", to_raw_n, worker_backlog / raw_unique_n);
   std::cout << fmt::format("worker backlog mean batch: {:.0f}\n", double(backlog_records) / backlog_batches);
   std::cout << fmt::format("worker backlog share in transaction: {:.2f}\n", backlog_store / backlog_seconds);
   std::cout << fmt::format("core-only unique commands/s: {:.0f}\n", core_unique);
   std::cout << fmt::format("worker unique commands/s: {:.0f}\n", worker_unique);
   std::cout << fmt::format("worker unique ratio: {:.2f}\n", worker_unique / core_unique);
   std::cout << fmt::format("worker unique ratio to raw: {:.2f}\n", worker_unique / raw_unique);
+  if (clients) std::cout << fmt::format("worker unique {}: {:.2f}\n", to_raw_n, worker_unique / raw_unique_n);
   std::cout << fmt::format("worker unique mean batch: {:.0f}\n", double(unique_records) / unique_batches);
   std::cout << fmt::format("worker unique share in transaction: {:.2f}\n", unique_store / unique_seconds);
   std::cout << fmt::format("core-only duplicate commands/s: {:.0f}\n", core_duplicate);
   std::cout << fmt::format("worker duplicate commands/s: {:.0f}\n", worker_duplicate);
   std::cout << fmt::format("worker duplicate ratio: {:.2f}\n", worker_duplicate / core_duplicate);
   std::cout << fmt::format("worker duplicate ratio to raw: {:.2f}\n", worker_duplicate / raw_duplicate);
+  if (clients) {
+    std::cout << fmt::format("worker duplicate {}: {:.2f}\n", to_raw_n, worker_duplicate / raw_duplicate_n);
+  }
   std::cout << fmt::format("worker duplicate mean batch: {:.0f}\n", double(dup_records) / dup_batches);
   std::cout << fmt::format("worker duplicate share in transaction: {:.2f}\n", dup_store / duplicate_seconds);
   std::cout << fmt::format("latency unique rate: {:.0f}\n", half);
