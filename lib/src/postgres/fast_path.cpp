@@ -57,8 +57,11 @@ FastPathPlan plan_fast_path(std::span<const Command> commands,
     if (!previous || previous->type != command.type || !same_columns(*previous, command)) {
       auto columns = column_list(command.payload);
       auto table = command.type->table->quoted();
+      std::string shape = table;
+      shape += '\n';
+      shape += columns;
       const auto [it, inserted] =
-          group_of.try_emplace(table + '\n' + columns, static_cast<int>(plan.groups.size()));
+          group_of.try_emplace(std::move(shape), static_cast<int>(plan.groups.size()));
       if (inserted) plan.groups.push_back({std::move(table), std::move(columns)});
       current_group = it->second;
     }
