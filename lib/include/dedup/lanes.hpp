@@ -34,6 +34,7 @@ class Lanes final : public BatchProcessor {
   static std::size_t lane_of(std::int32_t partition, std::size_t lanes) noexcept;
 
   std::size_t size() const noexcept { return lanes_.size(); }
+  std::size_t transactions_per_batch() const noexcept override { return lanes_.size(); }
 
  private:
   std::vector<BatchProcessor*> lanes_;

@@ -40,7 +40,9 @@ struct WorkerOptions {
   std::string dlq_topic;                // empty: <commands_topic>.dlq
   kafka::KafkaSettings kafka_settings;  // -X key=value, for the consumer and the producer
 
-  std::size_t max_batch_records = 500;  // --max-batch
+  // --max-batch: records per transaction. With N lanes (--db-connections N) a batch holds up to
+  // N times this, split over the lanes.
+  std::size_t max_batch_records = 500;
   std::size_t max_batch_bytes = std::size_t{16} * 1024 * 1024;
   std::chrono::milliseconds max_batch_wait{200};  // wait for the first record of a batch
 

@@ -98,8 +98,8 @@ int Worker::run() {
       // With results on their way, take only what is already fetched: waiting for a fuller
       // batch would delay their acknowledgement and offset commit for nothing.
       std::vector<InboundRecord> batch = consumer_->poll_batch(
-          options_.max_batch_records, options_.max_batch_bytes,
-          in_flight_ ? milliseconds::zero() : options_.max_batch_wait);
+          options_.max_batch_records * processor_.transactions_per_batch(),
+          options_.max_batch_bytes, in_flight_ ? milliseconds::zero() : options_.max_batch_wait);
       stop_if_kafka_refuses_access();
       drop_unowned(batch);
       BatchOutcome outcome = BatchOutcome::done;
