@@ -83,7 +83,6 @@ TEST(LanesTest, EachPartitionGoesToOneLaneInOrderAndResultsComeBackInInputOrder)
     ASSERT_EQ(lanes[lane].seen.size(), 20U) << "16 partitions over 4 lanes: 4 partitions each";
     std::map<int, std::int64_t> last_offset;
     for (const auto& record : lanes[lane].seen) {
-      EXPECT_EQ(Lanes::lane_of(record.source.partition, 4), lane);
       const auto [it, first] = last_offset.emplace(record.source.partition, record.source.offset);
       if (!first) {
         EXPECT_GT(record.source.offset, it->second) << "a partition's order must hold in its lane";
@@ -136,10 +135,31 @@ TEST(LanesTest, OneLaneIsTheProcessorItself) {
   EXPECT_THROW(Lanes({}), std::invalid_argument);
 }
 
-TEST(LanesTest, NegativePartitionsStillHaveALane) {
-  EXPECT_LT(Lanes::lane_of(-1, 4), 4U);
-  EXPECT_LT(Lanes::lane_of(std::numeric_limits<std::int32_t>::min(), 4), 4U);
-  EXPECT_EQ(Lanes::lane_of(5, 4), 1U);
+// An assignor may give a pod partitions {0, 4, 8, 12}: p mod 4 would put them all in lane 0.
+TEST(LanesTest, AnyPartitionSetSpreadsEvenlyAndEachPartitionStaysInOneLane) {
+  std::vector<InboundRecord> records;
+  for (int offset = 0; offset < 3; ++offset) {
+    for (const int partition : {12, 0, 8, 4}) {
+      records.push_back(test::record({{"k", offset}}, {"commands", partition, offset}));
+    }
+  }
+  const auto lanes = Lanes::assign(records, 4);
+  ASSERT_EQ(lanes.size(), records.size());
+  std::map<int, std::size_t> lane_of_partition;
+  std::map<std::size_t, int> records_per_lane;
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    ASSERT_LT(lanes[i], 4U);
+    const auto [it, first] = lane_of_partition.emplace(records[i].source.partition, lanes[i]);
+    EXPECT_EQ(it->second, lanes[i]) << "partition " << records[i].source.partition << " split";
+    ++records_per_lane[lanes[i]];
+  }
+  EXPECT_EQ(records_per_lane.size(), 4U) << "four partitions, four lanes: one each";
+  // The same partition number on two topics is two partitions.
+  const std::vector<InboundRecord> two_topics = {test::record({{"k", 1}}, {"a", 0, 0}),
+                                                 test::record({{"k", 1}}, {"b", 0, 0})};
+  const auto split = Lanes::assign(two_topics, 2);
+  EXPECT_NE(split[0], split[1]);
+  EXPECT_EQ(Lanes::assign(records, 1), std::vector<std::size_t>(records.size(), 0));
 }
 
 }  // namespace

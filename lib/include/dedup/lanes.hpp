@@ -1,5 +1,5 @@
 // `run --db-connections N`: N database transactions in flight at once. A batch is split by
-// partition over N lanes, each a Processor over its own key store (its own connection); the lanes
+// partition over N lanes (assign()), each a Processor over its own key store (its own connection); the lanes
 // run at the same time and their results are put back in the batch's order.
 //
 // Why this keeps exactly one effect: per-partition order holds (a partition's records all go to
@@ -29,9 +29,12 @@ class Lanes final : public BatchProcessor {
   // attempted when every failure was transient.
   std::vector<CommandResult> process(std::span<const InboundRecord> records) override;
 
-  // The lane of a partition: stable for the life of the process, so a partition's records are
-  // processed in order by one lane.
-  static std::size_t lane_of(std::int32_t partition, std::size_t lanes) noexcept;
+  // The lane of each record: the batch's distinct partitions, in order, dealt to the lanes in
+  // turn, so a partition's records stay in order in one lane and any set of partitions (an
+  // assignor may give a pod {0, 4, 8, 12}) spreads evenly. Per batch, not per process: every lane
+  // finishes before the next batch starts, so nothing needs a partition to keep its lane.
+  static std::vector<std::size_t> assign(std::span<const InboundRecord> records,
+                                         std::size_t lanes);
 
   std::size_t size() const noexcept { return lanes_.size(); }
   std::size_t transactions_per_batch() const noexcept override { return lanes_.size(); }

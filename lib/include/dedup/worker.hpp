@@ -61,8 +61,8 @@ class Worker final : public Stoppable {
   enum class BatchOutcome { done, abandoned };
   BatchOutcome handle_batch(std::vector<InboundRecord>& batch);
   // Serves the consumer for the backoff of `attempt` (or less, when stopping). Then drops records
-  // of revoked partitions from `batch`.
-  void back_off(int attempt, std::vector<InboundRecord>& batch);
+  // of revoked partitions from `batch`, if given.
+  void back_off(int attempt, std::vector<InboundRecord>* batch);
   // Throws a fatal kafka::KafkaError when a client reported an authentication, TLS or
   // authorization error and no partition was ever assigned: start-up cannot succeed.
   void stop_if_kafka_refuses_access() const;

@@ -1,7 +1,11 @@
 #include "dedup/lanes.hpp"
 
 #include <exception>
+#include <algorithm>
 #include <future>
+#include <string_view>
+#include <system_error>
+#include <utility>
 #include <stdexcept>
 
 #include "dedup/errors.hpp"
@@ -35,23 +39,40 @@ Lanes::Lanes(std::vector<BatchProcessor*> lanes) : lanes_(std::move(lanes)) {
   }
 }
 
-std::size_t Lanes::lane_of(std::int32_t partition, std::size_t lanes) noexcept {
-  // Partitions are 0..n-1: modulo spreads them evenly (16 partitions over 4 lanes: 4 each).
-  return static_cast<std::size_t>(partition < 0 ? -(partition + 1) : partition) % lanes;
+std::vector<std::size_t> Lanes::assign(std::span<const InboundRecord> records,
+                                       std::size_t lanes) {
+  std::vector<std::pair<std::string_view, std::int32_t>> partitions;
+  partitions.reserve(records.size());
+  for (const InboundRecord& record : records) {
+    partitions.emplace_back(record.source.topic, record.source.partition);
+  }
+  std::sort(partitions.begin(), partitions.end());
+  partitions.erase(std::unique(partitions.begin(), partitions.end()), partitions.end());
+  std::vector<std::size_t> lane_of_record;
+  lane_of_record.reserve(records.size());
+  for (const InboundRecord& record : records) {
+    const auto at = std::lower_bound(partitions.begin(), partitions.end(),
+                                     std::pair<std::string_view, std::int32_t>(
+                                         record.source.topic, record.source.partition));
+    lane_of_record.push_back(static_cast<std::size_t>(at - partitions.begin()) % lanes);
+  }
+  return lane_of_record;
 }
 
 std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records) {
   if (lanes_.size() == 1) return lanes_[0]->process(records);
 
   std::vector<Share> shares(lanes_.size());
+  const std::vector<std::size_t> lane_of_record = assign(records, lanes_.size());
   for (std::size_t i = 0; i < records.size(); ++i) {
-    Share& share = shares[lane_of(records[i].source.partition, lanes_.size())];
+    Share& share = shares[lane_of_record[i]];
     share.records.push_back(records[i]);
     share.slots.push_back(i);
   }
 
   // Every lane but the first busy one runs on a thread of its own; that one on the caller's.
   std::vector<std::future<std::vector<CommandResult>>> running(lanes_.size());
+  std::vector<std::size_t> inline_lanes;
   std::size_t here = lanes_.size();
   for (std::size_t lane = 0; lane < lanes_.size(); ++lane) {
     if (shares[lane].records.empty()) continue;
@@ -59,16 +80,22 @@ std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records
       here = lane;
       continue;
     }
-    running[lane] = std::async(std::launch::async, [this, lane, &shares] {
-      return lanes_[lane]->process(shares[lane].records);
-    });
+    try {
+      running[lane] = std::async(std::launch::async, [this, lane, &shares] {
+        return lanes_[lane]->process(shares[lane].records);
+      });
+    } catch (const std::system_error&) {
+      // No thread to be had: this lane runs on the caller's thread, after the others started.
+      inline_lanes.push_back(lane);
+    }
   }
 
   std::vector<std::vector<CommandResult>> answers(lanes_.size());
   std::vector<std::exception_ptr> errors;
-  if (here < lanes_.size()) {
+  if (here < lanes_.size()) inline_lanes.insert(inline_lanes.begin(), here);
+  for (const std::size_t lane : inline_lanes) {
     try {
-      answers[here] = lanes_[here]->process(shares[here].records);
+      answers[lane] = lanes_[lane]->process(shares[lane].records);
     } catch (...) {
       errors.push_back(std::current_exception());
     }

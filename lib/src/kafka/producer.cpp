@@ -54,6 +54,7 @@ struct Producer::Delivery {
   std::size_t failed = 0;
   std::string first_error;
   std::vector<std::size_t> too_large;
+  std::chrono::system_clock::time_point last_report{};
 
   void fail(std::size_t index, rd_kafka_resp_err_t err, std::string_view topic) {
     ++failed;
@@ -104,6 +105,7 @@ void Producer::on_delivery(rd_kafka_t* /*rk*/, const rd_kafka_message_t* message
   if (slot == nullptr) return;
   Delivery* delivery = slot->delivery;
   --delivery->pending;
+  delivery->last_report = std::chrono::system_clock::now();
   if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
     ++delivery->delivered;
     return;
@@ -179,7 +181,8 @@ Producer::InFlight Producer::send(std::span<const OutboundRecord> records) {
       break;
     }
   }
-  // The batch is complete: send it now rather than after linger.ms.
+  // Serve reports that are due; the records go out after linger.ms (5 ms), while the next batch
+  // is in its transaction, or at once when wait() flushes.
   rd_kafka_poll(rk, 0);
   return in_flight;
 }
@@ -211,7 +214,7 @@ BatchDelivery Producer::wait(InFlight& in_flight, std::chrono::steady_clock::tim
 
   throw_if_fatal();  // a fatal error fails every message; say why, not "N failed"
   return {delivery->delivered, delivery->failed, delivery->first_error,
-          std::move(delivery->too_large)};
+          std::move(delivery->too_large), delivery->last_report};
 }
 
 BatchDelivery Producer::send_batch(std::span<const OutboundRecord> records,

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <span>
 
 namespace dedup {
@@ -34,7 +35,7 @@ kafka::BatchDelivery Publication::finish(std::chrono::steady_clock::time_point d
   if (delivery.ok() || delivery.too_large.size() != delivery.failed) return delivery;
   // Every failure was "too large". A topic's max.message.bytes limits a whole record batch, so a
   // record may have been refused only for the company it was batched with.
-  kafka::BatchDelivery outcome{delivery.delivered, 0, {}, {}};
+  kafka::BatchDelivery outcome{delivery.delivered, 0, {}, {}, delivery.acknowledged_at};
   std::size_t compacted = 0;
   for (const auto index : delivery.too_large) {
     kafka::BatchDelivery alone = producer_.send_batch(std::span(&outbound_[index], 1), deadline);
@@ -44,6 +45,7 @@ kafka::BatchDelivery Publication::finish(std::chrono::steady_clock::time_point d
       ++compacted;
     }
     outcome.delivered += alone.delivered;
+    outcome.acknowledged_at = std::max(outcome.acknowledged_at, alone.acknowledged_at);
     outcome.failed += alone.failed;
     if (outcome.first_error.empty()) outcome.first_error = alone.first_error;
   }

@@ -20,12 +20,17 @@ using std::chrono::milliseconds;
 
 constexpr milliseconds kServeSlice{100};
 
-double end_to_end_seconds(const InboundRecord& record) {
+// From the record's timestamp to the acknowledgement of its result (not to when the loop gets
+// to it: with pipelining that is after the next batch's transaction).
+double end_to_end_seconds(const InboundRecord& record,
+                          std::chrono::system_clock::time_point acknowledged_at) {
   if (!record.timestamp_ms) return -1.0;
-  const auto now_ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
-  return static_cast<double>(now_ms - *record.timestamp_ms) / 1000.0;
+  if (acknowledged_at == std::chrono::system_clock::time_point{}) {
+    acknowledged_at = std::chrono::system_clock::now();
+  }
+  const auto at_ms =
+      std::chrono::duration_cast<milliseconds>(acknowledged_at.time_since_epoch()).count();
+  return static_cast<double>(at_ms - *record.timestamp_ms) / 1000.0;
 }
 
 // librdkafka checks key + value + headers plus its framing against message.max.bytes; this much
@@ -161,7 +166,7 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
       if (in_flight_ && finish_in_flight() == BatchOutcome::abandoned) return BatchOutcome::abandoned;
       // Stop fetching but keep polling: the group must see us alive and rebalances must be served.
       if (!consumer_->paused()) consumer_->pause_all();
-      back_off(attempt, batch);
+      back_off(attempt, &batch);
       continue;
     }
     db_healthy_.store(true);
@@ -184,7 +189,17 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
 
 Worker::BatchOutcome Worker::finish_in_flight() {
   Publication& publication = *in_flight_;
+  kafka::BatchDelivery delivery;
   for (int attempt = 0;; ++attempt) {
+    if (attempt > 0) publication.resend();
+    note_stop();
+    const auto deadline = drain_deadline_ != SteadyClock::time_point{}
+                              ? drain_deadline_
+                              : SteadyClock::time_point::max();
+    // Past the drain deadline this only collects the reports that already arrived: if all did,
+    // the batch is still committed (fewer repeats after the shutdown).
+    delivery = publication.finish(deadline);
+    if (delivery.ok()) break;
     if (drain_expired()) {
       spdlog::warn("drain timeout: abandoning the results of {} record(s) on their way, offsets "
                    "uncommitted (redelivered later, results replayed)",
@@ -192,26 +207,22 @@ Worker::BatchOutcome Worker::finish_in_flight() {
       abandon_in_flight();
       return BatchOutcome::abandoned;
     }
-    note_stop();
-    const auto deadline = drain_deadline_ != SteadyClock::time_point{}
-                              ? drain_deadline_
-                              : SteadyClock::time_point::max();
-    const kafka::BatchDelivery delivery = publication.finish(deadline);
-    if (delivery.ok()) break;
     // Nothing is committed; the records are sent again (the store would replay the same results
     // for the same source positions, so sending the ones built is the same thing, cheaper).
     spdlog::warn("publishing failed for {} of {} record(s) (attempt {}): {}", delivery.failed,
                  delivery.delivered + delivery.failed, attempt + 1, delivery.first_error);
     if (!consumer_->paused()) consumer_->pause_all();
-    back_off(attempt, publication.batch());
-    publication.resend();
+    // The batch keeps every record while it waits: its results and dead letters are matched to
+    // its records by index. Records of revoked partitions are dropped right before the commit.
+    back_off(attempt, nullptr);
   }
   failpoint("after_results_acked");
 
   std::vector<InboundRecord>& batch = publication.batch();
   const std::vector<CommandResult>& results = publication.results();
   for (std::size_t i = 0; i < batch.size(); ++i) {
-    observer_.on_result_published(results[i], end_to_end_seconds(batch[i]));
+    observer_.on_result_published(results[i],
+                                  end_to_end_seconds(batch[i], delivery.acknowledged_at));
   }
   failpoint("before_offset_commit");
 
@@ -235,7 +246,7 @@ void Worker::abandon_in_flight() noexcept {
   in_flight_.reset();
 }
 
-void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
+void Worker::back_off(int attempt, std::vector<InboundRecord>* batch) {
   const auto end = SteadyClock::now() + backoff_.delay(attempt);
   for (;;) {
     note_stop();
@@ -247,7 +258,7 @@ void Worker::back_off(int attempt, std::vector<InboundRecord>& batch) {
     stop_if_kafka_refuses_access();
     maybe_report_lag();  // lag grows during an outage: that is exactly when it must be seen
   }
-  drop_unowned(batch);
+  if (batch != nullptr) drop_unowned(*batch);
 }
 
 void Worker::stop_if_kafka_refuses_access() const {

@@ -28,6 +28,8 @@ struct BatchDelivery {
   // Indices (into the records sent) of those refused as too large, by librdkafka or the broker:
   // a property of the record, not of the infrastructure, so the caller writes them cut down.
   std::vector<std::size_t> too_large;
+  // When the last report arrived (for end-to-end latency); unset when nothing was sent.
+  std::chrono::system_clock::time_point acknowledged_at{};
 
   bool ok() const noexcept { return failed == 0; }
 };
