@@ -36,7 +36,6 @@ class Lanes final : public BatchProcessor {
   static std::vector<std::size_t> assign(std::span<const InboundRecord> records,
                                          std::size_t lanes);
 
-  std::size_t size() const noexcept { return lanes_.size(); }
   std::size_t transactions_per_batch() const noexcept override { return lanes_.size(); }
 
  private:

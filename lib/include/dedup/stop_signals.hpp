@@ -22,7 +22,6 @@ class Stoppable {
 class StopFlag final : public Stoppable {
  public:
   void request_stop() noexcept override { stop_.store(true); }
-  bool stop_requested() const noexcept { return stop_.load(); }
   const std::atomic<bool>& flag() const noexcept { return stop_; }
 
  private:
