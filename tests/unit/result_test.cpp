@@ -9,10 +9,12 @@
 #include <ostream>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "dedup/clock.hpp"
 #include "dedup/command.hpp"
 #include "dedup/config.hpp"
+#include "dedup/json_text.hpp"
 #include "dedup/key_store.hpp"
 #include "support/records.hpp"
 
@@ -168,6 +170,68 @@ TEST(MakeRejectedResultTest, CopiesWhatWasReadAndTheRejection) {
   EXPECT_EQ(result.record_key(), "org-1/k-1");
 }
 
+// The document built as a value, member by member from SPEC §2, and written by write_json: the
+// oracle for to_json_text(), which writes the same text straight from the fields.
+json document_as_value(const CommandResult& r, const OmittedEntity* omitted) {
+  auto optional_string = [](const std::optional<std::string>& v) { return v ? json(*v) : json(nullptr); };
+  json document{
+      {"idempotency_key", optional_string(r.idempotency_key)},
+      {"scope", optional_string(r.scope)},
+      {"type", optional_string(r.type)},
+      {"status", to_string(r.status)},
+      {"replayed", r.replayed},
+      {"entity", omitted ? json(nullptr) : r.entity},
+      {"error", r.error},
+      {"first_processed_at",
+       r.status == Status::rejected ? json(nullptr) : json(format_timestamp(r.first_processed_at))},
+      {"processed_at", format_timestamp(r.processed_at)},
+      {"source", {{"topic", r.source.topic}, {"partition", r.source.partition}, {"offset", r.source.offset}}},
+  };
+  if (omitted) document["entity_omitted"] = {{"bytes", omitted->bytes}, {"sha256", omitted->sha256}};
+  if (r.cloudevent) {
+    document["cloudevent"] = {{"id", r.cloudevent->id}, {"source", r.cloudevent->source}, {"type", r.cloudevent->type}};
+  }
+  return document;
+}
+
+TEST(CommandResultTest, TextIsTheDocumentBuiltAsAValueWrittenByWriteJson) {
+  std::vector<CommandResult> cases;
+  cases.push_back(created_result());
+  {
+    CommandResult r = created_result();  // exact numbers, nesting, escapes, NUL, non-UTF-8 bytes
+    r.entity = json::parse(R"({"n":1,"z":[true,null,{"b":"\u0000\"\\\n"}],"a":"\u00e9\ud83d\ude00"})");
+    r.entity["big"] = exact_number("12345678901234567890.125e-400");
+    r.entity["bytes"] = std::string("x\xc3(y\0z", 7);
+    r.status = Status::duplicate;
+    r.replayed = true;
+    r.processed_at = kLater;
+    r.source = {"t\"/\\", -1, -9'223'372'036'854'775'807 - 1};
+    cases.push_back(r);
+  }
+  {
+    CommandResult r;  // rejected: unknown key, scope and type; an error; nothing stored
+    r.error = {{"code", "invalid_json"}, {"message", "bad \xff byte"}};
+    r.processed_at = kFirst;
+    r.first_processed_at = kLater;
+    r.source = {"commands", 2'147'483'647, 9'223'372'036'854'775'807};
+    cases.push_back(r);
+  }
+  {
+    CommandResult r = created_result();
+    r.status = Status::key_reused;
+    r.entity = nullptr;
+    r.error = {{"code", "key_reused"}, {"message", "m"}, {"sqlstate", "23505"}};
+    r.cloudevent = CloudEventIdentity{"id-\x01", "/src", "com.example.todo.create"};
+    cases.push_back(r);
+  }
+  const OmittedEntity omitted{1'048'577, std::string(64, 'a')};
+  for (const CommandResult& r : cases) {
+    EXPECT_EQ(r.to_json_text(), to_json_text(document_as_value(r, nullptr)));
+    EXPECT_EQ(r.to_json_text(&omitted), to_json_text(document_as_value(r, &omitted)));
+    EXPECT_EQ(r.to_json(), std::get<json>(parse_json(to_json_text(document_as_value(r, nullptr)))));
+  }
+}
+
 TEST(MakeRejectedResultTest, CarriesMissingKeyFlag) {
   RejectedCommand rejected;
   rejected.rejection = {RejectCode::missing_key, "no key"};
@@ -179,7 +243,7 @@ TEST(MakeRejectedResultTest, CarriesMissingKeyFlag) {
 
 // Every result is published as JSON text, so a rejected record's result must serialize whatever
 // bytes the record held. A value that is not valid UTF-8 is rejected as invalid_json, and its
-// result must still be publishable (the worker calls to_json().dump()).
+// result must still be publishable (the worker writes to_json_text()).
 TEST(MakeRejectedResultTest, ResultOfInvalidUtf8ValueSerializes) {
   const auto catalog = CommandCatalog::from_yaml("commands:\n  todo.create:\n    table: todos\n");
   const auto parsed = parse_command(
@@ -189,7 +253,8 @@ TEST(MakeRejectedResultTest, ResultOfInvalidUtf8ValueSerializes) {
   ASSERT_TRUE(std::holds_alternative<RejectedCommand>(parsed));
   const auto result = make_rejected_result(std::get<RejectedCommand>(parsed), kFirst);
   EXPECT_EQ(result.error["code"], "invalid_json");
-  EXPECT_NO_THROW((void)result.to_json().dump());
+  EXPECT_NO_THROW((void)result.to_json_text());
+  EXPECT_NO_THROW((void)result.to_json());
 }
 
 // --- resolve_stored: the decision table of SPEC §2 ---------------------------------------------

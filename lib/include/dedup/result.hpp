@@ -15,6 +15,12 @@ namespace dedup {
 
 enum class Status { created, duplicate, key_reused, conflict, rejected };
 
+// What a published result says in place of an entity too large to publish (dedup/outbound.hpp).
+struct OmittedEntity {
+  std::size_t bytes = 0;  // of the entity's JSON text
+  std::string sha256;     // of that text, lower-case hex
+};
+
 std::string_view to_string(Status status) noexcept;
 
 struct CommandResult {
@@ -38,7 +44,12 @@ struct CommandResult {
   // record is itself a CloudEvent in binary mode (dedup/outbound.hpp).
   std::optional<CloudEventIdentity> cloudevent;
 
-  // The results-topic value of SPEC §2.
+  // The results-topic value of SPEC §2 as compact JSON text, written straight from the fields:
+  // no intermediate tree, no copy of the entity (this runs once per record on the worker's
+  // thread). Keys in bytewise order, as write_json orders any object (dedup/json_text.hpp). With
+  // `omitted`, "entity" is null and "entity_omitted" describes it.
+  std::string to_json_text(const OmittedEntity* omitted = nullptr) const;
+  // The same document as a value (tests and tools), read back from to_json_text().
   nlohmann::json to_json() const;
   // The results-topic record key "<scope>/<idempotency_key>", each part with '%' written as "%25"
   // and '/' as "%2F"; nullopt when either is unknown.

@@ -59,16 +59,14 @@ OutboundRecord make_result_record(const CommandResult& result, const std::string
         {"content-type", "application/json"},
     };
   }
-  nlohmann::json document = result.to_json();
-  out.value = to_json_text(document);
+  out.value = result.to_json_text();
   if (!limit.compact && payload_bytes(out) <= limit.max_bytes) return out;
   // The entity is the only part of a result that grows with the input (every other field is
   // bounded): it goes, and what identifies it stays. Postgres keeps it (`dedup-worker inspect`).
   if (!result.entity.is_null()) {
     const std::string entity = to_json_text(result.entity);
-    document["entity"] = nullptr;
-    document["entity_omitted"] = {{"bytes", entity.size()}, {"sha256", to_hex(sha256(entity))}};
-    out.value = to_json_text(document);
+    const OmittedEntity omitted{entity.size(), to_hex(sha256(entity))};
+    out.value = result.to_json_text(&omitted);
   }
   return out;
 }

@@ -2,6 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+#include <cstdint>
+#include <variant>
+
+#include "dedup/json_text.hpp"
 #include "dedup/key_store.hpp"
 
 namespace dedup {
@@ -20,32 +25,84 @@ std::string_view to_string(Status status) noexcept {
 }
 
 namespace {
-json optional_string(const std::optional<std::string>& value) {
-  return value ? json(*value) : json(nullptr);
+
+void write_optional_string(std::string& out, const std::optional<std::string>& value) {
+  if (value) {
+    write_json_string(out, *value);
+  } else {
+    out += "null";
+  }
 }
+
+void write_integer(std::string& out, std::int64_t value) {
+  char buffer[24];
+  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
+  out.append(buffer, end);
+}
+
 }  // namespace
 
-json CommandResult::to_json() const {
-  json document{
-      {"idempotency_key", optional_string(idempotency_key)},
-      {"scope", optional_string(scope)},
-      {"type", optional_string(type)},
-      {"status", to_string(status)},
-      {"replayed", replayed},
-      {"entity", entity},
-      {"error", error},
-      // Nothing is stored for a rejected record, so there is no first time to report; null keeps
-      // a re-read rejection identical to the first one but for processed_at (SPEC §2).
-      {"first_processed_at",
-       status == Status::rejected ? json(nullptr) : json(format_timestamp(first_processed_at))},
-      {"processed_at", format_timestamp(processed_at)},
-      {"source", {{"topic", source.topic}, {"partition", source.partition}, {"offset", source.offset}}},
-  };
+std::string CommandResult::to_json_text(const OmittedEntity* omitted) const {
+  // Member names in bytewise order (as write_json writes an object): the text is the same
+  // whether a document is written here or built as a value and written by write_json.
+  std::string out;
+  out.reserve(256);
+  out += '{';
   if (cloudevent) {
-    document["cloudevent"] = {
-        {"id", cloudevent->id}, {"source", cloudevent->source}, {"type", cloudevent->type}};
+    out += R"("cloudevent":{"id":)";
+    write_json_string(out, cloudevent->id);
+    out += R"(,"source":)";
+    write_json_string(out, cloudevent->source);
+    out += R"(,"type":)";
+    write_json_string(out, cloudevent->type);
+    out += "},";
   }
-  return document;
+  out += R"("entity":)";
+  if (omitted != nullptr) {
+    out += R"(null,"entity_omitted":{"bytes":)";
+    write_integer(out, static_cast<std::int64_t>(omitted->bytes));
+    out += R"(,"sha256":)";
+    write_json_string(out, omitted->sha256);
+    out += '}';
+  } else {
+    write_json(out, entity);
+  }
+  out += R"(,"error":)";
+  write_json(out, error);
+  // Nothing is stored for a rejected record, so there is no first time to report; null keeps a
+  // re-read rejection identical to the first one but for processed_at (SPEC §2).
+  out += R"(,"first_processed_at":)";
+  if (status == Status::rejected) {
+    out += "null";
+  } else {
+    write_json_string(out, format_timestamp(first_processed_at));
+  }
+  out += R"(,"idempotency_key":)";
+  write_optional_string(out, idempotency_key);
+  out += R"(,"processed_at":)";
+  write_json_string(out, format_timestamp(processed_at));
+  out += R"(,"replayed":)";
+  out += replayed ? "true" : "false";
+  out += R"(,"scope":)";
+  write_optional_string(out, scope);
+  out += R"(,"source":{"offset":)";
+  write_integer(out, source.offset);
+  out += R"(,"partition":)";
+  write_integer(out, source.partition);
+  out += R"(,"topic":)";
+  write_json_string(out, source.topic);
+  out += R"(},"status":")";
+  out += to_string(status);
+  out += R"(","type":)";
+  write_optional_string(out, type);
+  out += '}';
+  return out;
+}
+
+json CommandResult::to_json() const {
+  // Deeper than any input may nest (JsonParseLimits' default), plus the document's own levels.
+  constexpr JsonParseLimits kLimits{.max_depth = 256};
+  return std::get<json>(parse_json(to_json_text(), kLimits));
 }
 
 namespace {
