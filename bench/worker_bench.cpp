@@ -5,6 +5,7 @@
 // size), measured in the same run. Prints one `name: value` line per figure. Usage:
 //   dedup_bench_worker --db CONNINFO [--commands 50000] [--partitions 1] [--latency-seconds 8]
 //                      [--db-connections 1] [--brokers HOST:PORT --topic NAME --broker-name TEXT]
+//                      [-X librdkafka.key=value ...]
 // --db-connections N wires the worker as `dedup-worker run --db-connections N` does (worker/
 // main.cpp): N lanes, each a Processor over its own PostgresKeyStore, behind dedup::Lanes. With
 // N > 1 the raw limit is also measured with N clients at once (each its own connection and share
@@ -60,6 +61,7 @@ struct Options {
   std::string brokers;  // empty: librdkafka's mock cluster, in process
   std::string topic = "commands";
   std::string broker_name;
+  std::vector<std::string> kafka_settings;  // -X key=value, for the worker's clients
 };
 
 void add_flags(CLI::App& app, Options& options) {
@@ -78,7 +80,16 @@ void add_flags(CLI::App& app, Options& options) {
                  "a real Kafka broker (HOST:PORT); without it, librdkafka's mock in process");
   app.add_option("--topic", options.topic, "commands topic on --brokers")->capture_default_str();
   app.add_option("--broker-name", options.broker_name, "how the broker is named in the output");
+  app.add_option("-X", options.kafka_settings,
+                 "a librdkafka setting for the worker's consumer and producer (key=value), as "
+                 "dedup-worker run -X; repeatable, applied last");
 }
+
+// One result's end-to-end latency and when the worker reported it.
+struct Latency {
+  SteadyClock::time_point at;
+  double seconds;
+};
 
 // Counts published results and keeps their end-to-end latencies. Batches are counted by
 // CountedBatches, as the worker hands them over: each lane's Processor reports only its share.
@@ -108,7 +119,7 @@ class Recorder final : public dedup::Observer {
     std::lock_guard lock(mutex_);
     ++published_;
     ++by_status_[static_cast<int>(result.status)];
-    if (seconds >= 0) latencies_.push_back(seconds);
+    if (seconds >= 0) latencies_.push_back({SteadyClock::now(), seconds});
   }
   std::size_t published() {
     std::lock_guard lock(mutex_);
@@ -118,7 +129,7 @@ class Recorder final : public dedup::Observer {
     std::lock_guard lock(mutex_);
     return by_status_[static_cast<int>(status)];
   }
-  std::vector<double> take_latencies() {
+  std::vector<Latency> take_latencies() {
     std::lock_guard lock(mutex_);
     return std::exchange(latencies_, {});
   }
@@ -127,7 +138,7 @@ class Recorder final : public dedup::Observer {
   std::mutex mutex_;
   std::size_t published_ = 0;
   std::size_t by_status_[5] = {};
-  std::vector<double> latencies_;
+  std::vector<Latency> latencies_;
   std::size_t batches_ = 0;
   std::size_t batched_records_ = 0;
   double store_seconds_ = 0;
@@ -207,7 +218,14 @@ class CommittedOffsets {
   dedup::kafka::HandlePtr handle_;
 };
 
-double percentile(std::vector<double> values, double p) {
+// The p-th percentile of the latencies reported from `from` on.
+double percentile(const std::vector<Latency>& latencies, double p,
+                  SteadyClock::time_point from = SteadyClock::time_point::min()) {
+  std::vector<double> values;
+  values.reserve(latencies.size());
+  for (const Latency& latency : latencies) {
+    if (latency.at >= from) values.push_back(latency.seconds);
+  }
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());
   const auto index = static_cast<std::size_t>(p * static_cast<double>(values.size() - 1));
@@ -229,9 +247,15 @@ double burst(LoadProducer& producer, CommittedOffsets& committed, const std::str
   return std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
 
+// What a paced phase measured: the latencies the worker reported, and when the phase began.
+struct PacedPhase {
+  std::vector<Latency> latencies;
+  SteadyClock::time_point start;
+};
+
 // Produces at `rate` per second for `seconds`; returns the latencies the worker reported.
 template <typename ValueOf>
-std::vector<double> paced(LoadProducer& producer, Recorder& recorder, const std::string& topic, double rate,
+PacedPhase paced(LoadProducer& producer, Recorder& recorder, const std::string& topic, double rate,
                           double seconds, int first, ValueOf value_of) {
   recorder.take_latencies();
   const std::size_t before = recorder.published();
@@ -250,7 +274,7 @@ std::vector<double> paced(LoadProducer& producer, Recorder& recorder, const std:
   while (recorder.published() < before + static_cast<std::size_t>(total) && SteadyClock::now() < deadline) {
     std::this_thread::sleep_for(5ms);
   }
-  return recorder.take_latencies();
+  return {recorder.take_latencies(), start};
 }
 
 double core_only(const Options& options, const dedup::CommandCatalog& catalog, const std::string& schema,
@@ -390,6 +414,11 @@ int main(int argc, char** argv) try {
     // arrives (real brokers long-poll): keep it short, as a worker on the dev broker should.
     worker_options.kafka_settings["fetch.wait.max.ms"] = "5";
   }
+  for (const std::string& setting : options.kafka_settings) {
+    const auto equals = setting.find('=');
+    if (equals == std::string::npos || equals == 0) throw std::runtime_error("-X " + setting + ": want key=value");
+    worker_options.kafka_settings[setting.substr(0, equals)] = setting.substr(equals + 1);
+  }
 
   LoadProducer producer(brokers);
   CommittedOffsets committed(brokers, worker_options.group, topic, options.partitions);
@@ -515,14 +544,22 @@ int main(int argc, char** argv) try {
   std::cout << fmt::format("worker duplicate mean batch: {:.0f}\n", double(dup_records) / dup_batches);
   std::cout << fmt::format("worker duplicate share in transaction: {:.2f}\n", dup_store / duplicate_seconds);
   std::cout << fmt::format("latency unique rate: {:.0f}\n", half);
-  std::cout << fmt::format("latency unique p50 ms: {:.1f}\n", 1000 * percentile(unique_latency, 0.50));
-  std::cout << fmt::format("latency unique p99 ms: {:.1f}\n", 1000 * percentile(unique_latency, 0.99));
+  // The whole phase is the figure; the same after its first second shows how much of the tail is
+  // the worker settling at the new rate (the phase starts after seconds of idleness).
+  const auto steady = [](const PacedPhase& phase) { return phase.start + 1s; };
+  std::cout << fmt::format("latency unique p50 ms: {:.1f}\n", 1000 * percentile(unique_latency.latencies, 0.50));
+  std::cout << fmt::format("latency unique p99 ms: {:.1f}\n", 1000 * percentile(unique_latency.latencies, 0.99));
+  std::cout << fmt::format("latency unique p99 ms after the first second: {:.1f}\n",
+                           1000 * percentile(unique_latency.latencies, 0.99, steady(unique_latency)));
   std::cout << fmt::format("latency duplicate rate: {:.0f}\n", worker_duplicate / 2);
-  std::cout << fmt::format("latency duplicate p50 ms: {:.1f}\n", 1000 * percentile(duplicate_latency, 0.50));
-  std::cout << fmt::format("latency duplicate p99 ms: {:.1f}\n", 1000 * percentile(duplicate_latency, 0.99));
+  std::cout << fmt::format("latency duplicate p50 ms: {:.1f}\n", 1000 * percentile(duplicate_latency.latencies, 0.50));
+  std::cout << fmt::format("latency duplicate p99 ms: {:.1f}\n", 1000 * percentile(duplicate_latency.latencies, 0.99));
+  std::cout << fmt::format("latency duplicate p99 ms after the first second: {:.1f}\n",
+                           1000 * percentile(duplicate_latency.latencies, 0.99, steady(duplicate_latency)));
   std::cout << fmt::format("latency unique mean batch: {:.0f}\n", double(unique_paced_records) / unique_paced_batches);
   std::cout << fmt::format("latency duplicate mean batch: {:.0f}\n", double(dup_paced_records) / dup_paced_batches);
-  std::cout << fmt::format("latency samples: {} {}\n", unique_latency.size(), duplicate_latency.size());
+  std::cout << fmt::format("latency samples: {} {}\n", unique_latency.latencies.size(),
+                           duplicate_latency.latencies.size());
   dedup::bench::exec(options.db, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; DROP SCHEMA IF EXISTS " +
                                      core_schema + " CASCADE; DROP SCHEMA IF EXISTS " + raw_schema + " CASCADE");
   return 0;
