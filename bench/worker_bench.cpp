@@ -56,6 +56,7 @@ struct Options {
   // 40 ms per flush — the load generator's as well as the worker's. --partitions 4 shows it.
   int partitions = 1;
   double latency_seconds = 8;
+  double latency_rate = 0;  // commands/s of the latency phase; 0: half the rates measured before
   std::size_t max_batch = 500;
   std::size_t db_connections = 1;  // the worker's lanes, as `run --db-connections`
   std::string brokers;  // empty: librdkafka's mock cluster, in process
@@ -71,6 +72,11 @@ void add_flags(CLI::App& app, Options& options) {
       ->capture_default_str();
   app.add_option("--latency-seconds", options.latency_seconds, "length of the latency phase")
       ->capture_default_str();
+  app.add_option("--latency-rate", options.latency_rate,
+                 "commands/s of the latency phase, new keys and duplicates alike (default: half "
+                 "the burst and duplicate rates measured before it); a fixed rate compares runs "
+                 "whose maximum differs")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--db-connections", options.db_connections,
                  "the worker's database lanes (as run --db-connections); with N > 1, the raw limit "
                  "with N clients too")
@@ -478,10 +484,12 @@ int main(int argc, char** argv) try {
          fmt::format("bursts: {} created, {} duplicate; expected {} and {}", recorder.count(dedup::Status::created),
                      recorder.count(dedup::Status::duplicate), 2 * n, n));
 
-  // Latency at half the maximum rate: new keys, then a duplicate-heavy stream (keys seen before).
-  const double half = worker_unique / 2;
+  // Latency at half the maximum rate (or --latency-rate): new keys, then a duplicate-heavy stream
+  // (keys seen before).
+  const double unique_rate = options.latency_rate > 0 ? options.latency_rate : worker_unique / 2;
+  const double duplicate_rate = options.latency_rate > 0 ? options.latency_rate : worker_duplicate / 2;
   // Values are built before the clock runs: the load generator shares this machine's 2 cores.
-  const int paced_total = static_cast<int>(std::max(half, worker_duplicate / 2) * options.latency_seconds) + 1;
+  const int paced_total = static_cast<int>(std::max(unique_rate, duplicate_rate) * options.latency_seconds) + 1;
   std::vector<std::string> fresh_values(paced_total);
   std::vector<std::string> seen_values(paced_total);
   for (int i = 0; i < paced_total; ++i) {
@@ -491,10 +499,10 @@ int main(int argc, char** argv) try {
   auto fresh = [&](int i) -> const std::string& { return fresh_values[i]; };
   auto seen = [&](int i) -> const std::string& { return seen_values[i]; };
   recorder.take_batch_stats();
-  const auto unique_latency = paced(producer, recorder, topic, half, options.latency_seconds, 0, fresh);
+  const auto unique_latency = paced(producer, recorder, topic, unique_rate, options.latency_seconds, 0, fresh);
   const auto [unique_paced_batches, unique_paced_records, unique_paced_store] = recorder.take_batch_stats();
   const auto duplicate_latency =
-      paced(producer, recorder, topic, worker_duplicate / 2, options.latency_seconds, 0, seen);
+      paced(producer, recorder, topic, duplicate_rate, options.latency_seconds, 0, seen);
   const auto [dup_paced_batches, dup_paced_records, dup_paced_store] = recorder.take_batch_stats();
 
   worker.request_stop();
@@ -543,7 +551,7 @@ int main(int argc, char** argv) try {
   }
   std::cout << fmt::format("worker duplicate mean batch: {:.0f}\n", double(dup_records) / dup_batches);
   std::cout << fmt::format("worker duplicate share in transaction: {:.2f}\n", dup_store / duplicate_seconds);
-  std::cout << fmt::format("latency unique rate: {:.0f}\n", half);
+  std::cout << fmt::format("latency unique rate: {:.0f}\n", unique_rate);
   // The whole phase is the figure; the same after its first second shows how much of the tail is
   // the worker settling at the new rate (the phase starts after seconds of idleness).
   const auto steady = [](const PacedPhase& phase) { return phase.start + 1s; };
@@ -551,7 +559,7 @@ int main(int argc, char** argv) try {
   std::cout << fmt::format("latency unique p99 ms: {:.1f}\n", 1000 * percentile(unique_latency.latencies, 0.99));
   std::cout << fmt::format("latency unique p99 ms after the first second: {:.1f}\n",
                            1000 * percentile(unique_latency.latencies, 0.99, steady(unique_latency)));
-  std::cout << fmt::format("latency duplicate rate: {:.0f}\n", worker_duplicate / 2);
+  std::cout << fmt::format("latency duplicate rate: {:.0f}\n", duplicate_rate);
   std::cout << fmt::format("latency duplicate p50 ms: {:.1f}\n", 1000 * percentile(duplicate_latency.latencies, 0.50));
   std::cout << fmt::format("latency duplicate p99 ms: {:.1f}\n", 1000 * percentile(duplicate_latency.latencies, 0.99));
   std::cout << fmt::format("latency duplicate p99 ms after the first second: {:.1f}\n",

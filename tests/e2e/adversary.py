@@ -1644,7 +1644,8 @@ def scenario_hostile_stream(cluster, rng, keys=900, rate=150):
 
 
 def scenario_failpoint_crashes(cluster, rng, keys=1000,
-                               failpoints=("after_db_commit:2", "after_db_commit_in_flight:2", "before_offset_commit:3")):
+                               failpoints=("after_db_commit:2", "after_db_commit_in_flight:2", "before_offset_commit:3",
+                                           "after_offset_commit_sent:2")):
     """Phase 1: the hostile corpus alone, and a worker that SIGKILLs itself once the results and
     dead letters of its first batch are acknowledged (offsets not committed): the next owner
     reads those records again, and every one must get the identical result (a refused payload

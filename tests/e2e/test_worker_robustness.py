@@ -281,8 +281,12 @@ class CrashAtFailpointTest(RobustnessCase):
     def test_crash_before_offset_commit(self):
         self.crash_and_recover("before_offset_commit:2")
 
+    def test_crash_with_the_offset_commit_on_its_way(self):
+        self.crash_and_recover("after_offset_commit_sent:2")
+
     def test_crash_at_every_failpoint_in_a_row(self):
-        self.crash_and_recover("after_db_commit:2", "after_results_acked:2", "before_offset_commit:2")
+        self.crash_and_recover("after_db_commit:2", "after_results_acked:2", "before_offset_commit:2",
+                               "after_offset_commit_sent:2")
 
 
 class RejectedReplayTest(RobustnessCase):

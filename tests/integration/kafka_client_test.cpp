@@ -30,6 +30,17 @@ std::string binary(std::initializer_list<int> bytes) {
   return out;
 }
 
+// Polls `consumer` until it has read `count` records or `within` passed; returns what it read.
+std::vector<InboundRecord> poll_records(Consumer& consumer, std::size_t count,
+                                        std::chrono::seconds within = 30s) {
+  std::vector<InboundRecord> read;
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (read.size() < count && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : consumer.poll_batch(100, 1 << 20, 100ms)) read.push_back(std::move(r));
+  }
+  return read;
+}
+
 class KafkaClientTest : public ::testing::Test {
  protected:
   MockCluster cluster_;
@@ -129,11 +140,7 @@ TEST_F(KafkaClientTest, NewGroupMemberResumesFromCommittedOffset) {
   {
     Observer observer;
     Consumer first({brokers_, group, {"resume"}, fast_group_settings()}, observer);
-    std::vector<InboundRecord> read;
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (read.size() < 10 && std::chrono::steady_clock::now() < deadline) {
-      for (auto& r : first.poll_batch(100, 1 << 20, 200ms)) read.push_back(std::move(r));
-    }
+    auto read = poll_records(first, 10, 20s);
     ASSERT_EQ(read.size(), 10u);
     // Only the first six were "processed".
     const std::vector<InboundRecord> processed(read.begin(), read.begin() + 6);
@@ -148,11 +155,7 @@ TEST_F(KafkaClientTest, NewGroupMemberResumesFromCommittedOffset) {
 
   Observer observer;
   Consumer second({brokers_, group, {"resume"}, fast_group_settings()}, observer);
-  std::vector<InboundRecord> rest;
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (rest.size() < 4 && std::chrono::steady_clock::now() < deadline) {
-    for (auto& r : second.poll_batch(100, 1 << 20, 200ms)) rest.push_back(std::move(r));
-  }
+  auto rest = poll_records(second, 4, 20s);
   ASSERT_EQ(rest.size(), 4u);
   EXPECT_EQ(rest.front().source.offset, 6);
   EXPECT_EQ(*rest.front().value, "6");
@@ -202,11 +205,7 @@ TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
   const std::string group = unique_name("coop");
   Observer observer;
   Consumer first({brokers_, group, {"coop"}, settings}, observer);
-  std::vector<InboundRecord> held;
-  const auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (held.size() < 2 && std::chrono::steady_clock::now() < deadline) {
-    for (auto& r : first.poll_batch(10, 1 << 20, 100ms)) held.push_back(std::move(r));
-  }
+  auto held = poll_records(first, 2);
   ASSERT_EQ(first.assigned_count(), 2u);
   ASSERT_EQ(held.size(), 2u);
   EXPECT_EQ(first.drop_unowned(held), 0u);
@@ -233,11 +232,8 @@ TEST_F(KafkaClientTest, ReassignedPartitionKeepsRecordsReadAfterTheNewAssignment
   for (int p = 0; p < 2; ++p) {
     write_records(brokers_, std::vector<OutboundRecord>{{"eager", "k", "before", {}, p}});
   }
-  std::vector<InboundRecord> before;  // read under the first assignment, held (e.g. in a backoff)
-  auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (before.size() < 2 && std::chrono::steady_clock::now() < deadline) {
-    for (auto& r : first.poll_batch(10, 1 << 20, 100ms)) before.push_back(std::move(r));
-  }
+  // Read under the first assignment, held (e.g. in a backoff).
+  auto before = poll_records(first, 2);
   ASSERT_EQ(before.size(), 2u);
 
   // A member joins: eager revokes both partitions from `first`, then gives one back.
@@ -262,7 +258,7 @@ TEST_F(KafkaClientTest, ReassignedPartitionKeepsRecordsReadAfterTheNewAssignment
   bool wrote_after = false;
   std::vector<InboundRecord> after;
   std::set<std::pair<std::int32_t, std::string>> seen;  // (partition, value) currently held
-  deadline = std::chrono::steady_clock::now() + 60s;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
   while (seen.size() < 4 && std::chrono::steady_clock::now() < deadline) {
     for (auto& r : first.poll_batch(10, 1 << 20, 6s)) after.push_back(std::move(r));
     first.drop_unowned(after);  // a rebalance may still come: keep only what is ours now
@@ -304,6 +300,77 @@ TEST_F(KafkaClientTest, AFailedCommitIsCommittedLaterWhileThePartitionIsStillOur
   EXPECT_TRUE(consumer.retry_failed_commits().ok);
   EXPECT_EQ(test::committed_offsets(brokers_, group, "commits", 1).at(0), 1);
   EXPECT_TRUE(consumer.retry_failed_commits().ok) << "nothing left to retry";
+}
+
+// The worker sends a batch's offsets and goes on with the next batch: start_commit must not wait
+// for the coordinator's answer, and the answer, collected later, must still count — a refusal
+// keeps the offsets for the next commit exactly as a synchronous commit's would.
+TEST_F(KafkaClientTest, ACommitOnItsWayIsCollectedLaterAndAFailureIsKept) {
+  cluster_.create_topic("async-commits", 1);
+  write_records(brokers_, std::vector<OutboundRecord>{{"async-commits", "k", "v", {}, 0},
+                                                      {"async-commits", "k", "w", {}, 0}});
+  const std::string group = unique_name("async-commits");
+  Observer observer;
+  Consumer consumer({brokers_, group, {"async-commits"}, fast_group_settings()}, observer);
+  auto records = poll_records(consumer, 2);
+  ASSERT_EQ(records.size(), 2u);
+
+  cluster_.set_rtt(-1, 2000);  // every response takes 2 s
+  auto start = std::chrono::steady_clock::now();
+  consumer.start_commit(next_offsets(std::span(records).first(1)));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s) << "start_commit waited for the broker";
+  EXPECT_TRUE(consumer.finish_commit().ok);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 2s) << "finish_commit did not wait for it";
+  EXPECT_TRUE(consumer.finish_commit().ok) << "nothing on its way any more";
+  cluster_.set_rtt(-1, 0);
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "async-commits", 1).at(0), 1);
+
+  // Refused, as the worker meets it: the next start_commit collects the refusal, returns it, and
+  // sends the kept offset again with its own (none here: the kept offset alone).
+  cluster_.push_request_errors(ApiKey::offset_commit,
+                               {RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED});
+  EXPECT_TRUE(consumer.start_commit(next_offsets(std::span(records).first(2))).ok);
+  const CommitOutcome refused = consumer.start_commit({});
+  ASSERT_FALSE(refused.ok) << "the injected error did not reach the commit";
+  EXPECT_NE(refused.error.find("GROUP_AUTHORIZATION_FAILED"), std::string::npos) << refused.error;
+  EXPECT_TRUE(consumer.finish_commit().ok);
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "async-commits", 1).at(0), 2);
+  EXPECT_TRUE(consumer.retry_failed_commits().ok) << "nothing left to retry";
+}
+
+// A revocation collects the commit on its way before it gives the partitions up: answered later,
+// it could be applied while the partition is read under a new assignment. A refusal collected
+// there is not kept — the partition's next owner reads from the committed offset.
+TEST_F(KafkaClientTest, ARevocationCollectsTheCommitOnItsWay) {
+  cluster_.create_topic("revoke-commit", 2);
+  const KafkaSettings settings = fast_group_settings();  // eager (range) assignor
+  const std::string group = unique_name("revoke-commit");
+  test::RecordingObserver observer;
+  Consumer first({brokers_, group, {"revoke-commit"}, settings}, observer);
+  for (int p = 0; p < 2; ++p) {
+    write_records(brokers_, std::vector<OutboundRecord>{{"revoke-commit", "k", "v", {}, p}});
+  }
+  auto records = poll_records(first, 2);
+  ASSERT_EQ(records.size(), 2u);
+  const std::size_t errors_before = observer.kafka_errors();
+
+  cluster_.push_request_errors(ApiKey::offset_commit,
+                               {RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED});
+  ASSERT_TRUE(first.start_commit(next_offsets(records)).ok);
+  EXPECT_EQ(observer.kafka_errors(), errors_before) << "collected only when finished";
+  {
+    Observer quiet;
+    Consumer second({brokers_, group, {"revoke-commit"}, settings}, quiet);
+    serve_until(first, second,
+                [&] { return first.assigned_count() == 1 && second.assigned_count() == 1; });
+    ASSERT_EQ(first.assigned_count(), 1u);
+    second.close();
+  }
+  EXPECT_GT(observer.kafka_errors(), errors_before) << "the revocation did not collect the commit";
+  EXPECT_TRUE(first.finish_commit().ok) << "nothing on its way any more";
+  EXPECT_TRUE(first.retry_failed_commits().ok) << "a refusal of revoked partitions is not kept";
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "revoke-commit", 2),
+            (std::vector<std::int64_t>{RD_KAFKA_OFFSET_INVALID, RD_KAFKA_OFFSET_INVALID}));
 }
 
 TEST_F(KafkaClientTest, ProducerWaitsForEveryAcknowledgement) {

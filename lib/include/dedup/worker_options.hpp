@@ -19,6 +19,8 @@ namespace dedup {
 //                         on their way (sent, not all acknowledged, offsets not committed)
 //   after_results_acked   results and dead letters acknowledged, offsets not committed
 //   before_offset_commit  observer notified, right before the offset commit
+//   after_offset_commit_sent  the offset commit handed to librdkafka, its outcome not yet known
+//                         (the broker may or may not apply it)
 // Unset in production. The library never reads the environment itself: the program that wants
 // failpoints (the worker's main, a test's child process) reads them with failpoint_from_environment.
 inline constexpr const char* kFailpointEnv = "DEDUP_FAILPOINT";

@@ -10,8 +10,6 @@
 namespace dedup::kafka {
 namespace {
 
-using QueuePtr = std::unique_ptr<rd_kafka_queue_t, decltype(&rd_kafka_queue_destroy)>;
-using EventPtr = std::unique_ptr<rd_kafka_event_t, decltype(&rd_kafka_event_destroy)>;
 using ResourcePtr =
     std::unique_ptr<rd_kafka_ConfigResource_t, decltype(&rd_kafka_ConfigResource_destroy)>;
 using AdminOptionsPtr =
@@ -27,7 +25,7 @@ Retention topic_retention(const std::string& brokers, const KafkaSettings& setti
     all["bootstrap.servers"] = brokers;
     // A producer handle is the lightest client that can issue admin requests.
     HandlePtr handle = make_handle(RD_KAFKA_PRODUCER, make_conf(all));
-    QueuePtr queue(rd_kafka_queue_new(handle.get()), &rd_kafka_queue_destroy);
+    QueuePtr queue(rd_kafka_queue_new(handle.get()));
     ResourcePtr resource(rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic.c_str()),
                          &rd_kafka_ConfigResource_destroy);
     AdminOptionsPtr options(
@@ -38,7 +36,7 @@ Retention topic_retention(const std::string& brokers, const KafkaSettings& setti
                                               error, sizeof error);
     rd_kafka_ConfigResource_t* resources[] = {resource.get()};
     rd_kafka_DescribeConfigs(handle.get(), resources, 1, options.get(), queue.get());
-    EventPtr event(nullptr, &rd_kafka_event_destroy);
+    EventPtr event;
     const auto deadline = std::chrono::steady_clock::now() + timeout + std::chrono::seconds(1);
     while (!event && !stop.stop_requested() && std::chrono::steady_clock::now() < deadline) {
       event.reset(rd_kafka_queue_poll(queue.get(), 100));  // slices, so a stop is seen quickly

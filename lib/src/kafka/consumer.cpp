@@ -151,6 +151,19 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
     // Revoked (orderly) or lost (session timed out, fenced): either way the partitions are no
     // longer ours, and their uncommitted records will be read again by their new owner.
     const bool lost = rd_kafka_assignment_lost(rk) != 0;
+    // The commit on its way is answered while revoked partitions are still ours: released first,
+    // it could be applied once the partition is read under a new assignment (ours or another
+    // member's). A lost assignment has moved already; the broker's generation check refuses it.
+    try {
+      if (const CommitOutcome last = finish_commit(); !last.ok) {
+        spdlog::warn(
+            "offset commit failed as partitions are {} (their owner reads them again "
+            "from the committed offset): {}",
+            lost ? "lost" : "revoked", last.error);
+      }
+    } catch (const std::exception& e) {  // std::bad_alloc: the partitions must go all the same
+      spdlog::warn("offset commit on its way not collected before a revocation: {}", e.what());
+    }
     if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
       spdlog::warn("kafka rebalance error: {}", rd_kafka_err2name(err));
       observer_.on_kafka_error(rd_kafka_err2name(err));
@@ -242,45 +255,78 @@ void Consumer::serve(std::chrono::milliseconds duration) {
   }
 }
 
-CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
+CommitOutcome Consumer::start_commit(std::span<const PartitionOffset> offsets) {
+  CommitOutcome previous = finish_commit();
   // These offsets, and those whose commit failed before, for partitions still ours under the
   // same assignment (a newer offset of the same partition supersedes a failed one).
-  std::map<TopicPartition, std::int64_t> next;
+  CommitInFlight commit;
   for (const auto& [tp, failed] : failed_commits_) {
     const auto owner = assigned_.find(tp);
-    if (owner != assigned_.end() && owner->second == failed.assignment) next[tp] = failed.next_offset;
+    if (owner != assigned_.end() && owner->second == failed.assignment) commit.offsets[tp] = failed;
   }
-  for (const PartitionOffset& o : offsets) next[{o.topic, o.partition}] = o.next_offset;
-  failed_commits_.clear();
-  if (next.empty()) return {};
+  for (const PartitionOffset& o : offsets) {
+    const TopicPartition tp{o.topic, o.partition};
+    const auto owner = assigned_.find(tp);
+    commit.offsets[tp] = {o.next_offset, owner != assigned_.end() ? owner->second : 0};
+  }
+  if (commit.offsets.empty()) return previous;
 
-  TopicPartitionListPtr list = make_partition_list(static_cast<int>(next.size()));
-  for (const auto& [tp, offset] : next) {
-    rd_kafka_topic_partition_list_add(list.get(), tp.first.c_str(), tp.second)->offset = offset;
+  TopicPartitionListPtr list = make_partition_list(static_cast<int>(commit.offsets.size()));
+  for (const auto& [tp, offset] : commit.offsets) {
+    rd_kafka_topic_partition_list_add(list.get(), tp.first.c_str(), tp.second)->offset =
+        offset.next_offset;
   }
-  rd_kafka_resp_err_t err = rd_kafka_commit(handle_.get(), list.get(), /*async=*/0);
+  commit.queue.reset(rd_kafka_queue_new(handle_.get()));
+  // Cleared only now: an allocation failing above keeps them for the next commit.
+  failed_commits_.clear();
+  commit.send_error = rd_kafka_commit_queue(handle_.get(), list.get(), commit.queue.get(),
+                                            /*cb=*/nullptr, /*opaque=*/nullptr);
+  commit_in_flight_ = std::move(commit);
+  return previous;
+}
+
+CommitOutcome Consumer::finish_commit() {
+  if (!commit_in_flight_) return {};
+  const CommitInFlight commit = std::move(*commit_in_flight_);
+  commit_in_flight_.reset();
+
+  rd_kafka_resp_err_t err = commit.send_error;
   std::string where;
-  for (int i = 0; err == RD_KAFKA_RESP_ERR_NO_ERROR && i < list->cnt; ++i) {
-    if (list->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      err = list->elems[i].err;
-      where = std::string(" on ") + list->elems[i].topic + "/" +
-              std::to_string(list->elems[i].partition);
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    // librdkafka answers every commit (success, broker error, or its own timeout), as the
+    // synchronous rd_kafka_commit relies on too.
+    EventPtr event;
+    while (!event) event.reset(rd_kafka_queue_poll(commit.queue.get(), 1000));
+    err = rd_kafka_event_error(event.get());
+    const rd_kafka_topic_partition_list_t* list = rd_kafka_event_topic_partition_list(event.get());
+    for (int i = 0; err == RD_KAFKA_RESP_ERR_NO_ERROR && list != nullptr && i < list->cnt; ++i) {
+      if (list->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        err = list->elems[i].err;
+        where = std::string(" on ") + list->elems[i].topic + "/" +
+                std::to_string(list->elems[i].partition);
+      }
     }
   }
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return {};
   // Kept for the next commit, or for retry_failed_commits() while no batch comes: otherwise an
   // idle partition's committed offset would stay behind its published results (lag alerts, and
   // a replay of the whole tail after the next rebalance).
-  for (const auto& [tp, offset] : next) {
-    if (const auto owner = assigned_.find(tp); owner != assigned_.end()) {
-      failed_commits_[tp] = {offset, owner->second};
-    }
+  for (const auto& [tp, offset] : commit.offsets) {
+    const auto owner = assigned_.find(tp);
+    if (owner != assigned_.end() && owner->second == offset.assignment)
+      failed_commits_[tp] = offset;
   }
   observer_.on_kafka_error(rd_kafka_err2name(err));
   return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};
 }
 
+CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
+  (void)start_commit(offsets);
+  return finish_commit();
+}
+
 CommitOutcome Consumer::retry_failed_commits() {
+  (void)finish_commit();
   if (failed_commits_.empty()) return {};
   return commit({});
 }
@@ -342,6 +388,14 @@ void Consumer::report_lag() noexcept {
 void Consumer::close() noexcept {
   if (closed_ || !handle_) return;
   closed_ = true;
+  try {
+    if (const CommitOutcome last = finish_commit(); !last.ok) {
+      spdlog::warn("offset commit failed at close (read again from the committed offset): {}",
+                   last.error);
+    }
+  } catch (const std::exception& e) {  // std::bad_alloc
+    spdlog::warn("kafka consumer close: the last offset commit was not collected: {}", e.what());
+  }
   const rd_kafka_resp_err_t err = rd_kafka_consumer_close(handle_.get());
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
     spdlog::warn("kafka consumer close: {}", rd_kafka_err2name(err));

@@ -41,6 +41,12 @@ constexpr std::size_t kFramingAllowance = 4096;
 // smaller. Below this, some records could never be written and their batch would retry forever.
 constexpr std::size_t kMinMessageMaxBytes = std::size_t{64} * 1024;
 
+// A failed offset commit is not the batch's failure: its results are out, and the consumer keeps
+// the offsets for the next commit while the partition stays ours.
+void warn_if_failed(const kafka::CommitOutcome& commit) {
+  if (!commit.ok) spdlog::warn("offset commit failed (kept for the next commit): {}", commit.error);
+}
+
 }  // namespace
 
 Worker::Worker(WorkerOptions options, BatchProcessor& processor, Observer& observer)
@@ -112,8 +118,11 @@ int Worker::run() {
         outcome = handle_batch(batch);
       } else if (in_flight_) {
         outcome = finish_in_flight();
-      } else if (const auto retried = consumer_->retry_failed_commits(); !retried.ok) {
-        spdlog::debug("offset commit retry failed (tried again while idle): {}", retried.error);
+      } else {
+        warn_if_failed(consumer_->finish_commit());  // the last batch's
+        if (const auto retried = consumer_->retry_failed_commits(); !retried.ok) {
+          spdlog::debug("offset commit retry failed (tried again while idle): {}", retried.error);
+        }
       }
       if (outcome == BatchOutcome::abandoned) break;
       if (consumer_->paused()) consumer_->resume_all();
@@ -230,13 +239,12 @@ Worker::BatchOutcome Worker::finish_in_flight() {
   // committing for a partition read under an earlier assignment is the one thing that can lose
   // records.
   drop_unowned(batch);
-  const kafka::CommitOutcome commit = consumer_->commit(kafka::next_offsets(batch));
-  if (!commit.ok) {
-    // The results are out. The consumer keeps the offsets and commits them with the next
-    // commit (or while idle) if the partitions stay ours; if they move, their new owner reads
-    // the records again and replays the same results.
-    spdlog::warn("offset commit failed (kept for the next commit): {}", commit.error);
-  }
+  // Sent, not waited for: the broker applies it while the next batch is processed. The previous
+  // batch's commit is finished first (it normally arrived long ago), so commits of a partition
+  // are applied in order; a failed one is kept and sent again with this one, or while idle, if
+  // its partition stays ours (if it moves, the new owner re-reads and replays the same results).
+  warn_if_failed(consumer_->start_commit(kafka::next_offsets(batch)));
+  failpoint("after_offset_commit_sent");
   in_flight_.reset();
   return BatchOutcome::done;
 }

@@ -1,5 +1,5 @@
-// The group consumer of the commands topic: batches of InboundRecord in, explicit synchronous
-// offset commits out.
+// The group consumer of the commands topic: batches of InboundRecord in, explicit offset commits
+// out (one in flight at a time, finished before the next one and before any revocation).
 #pragma once
 
 #include <atomic>
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -79,15 +80,27 @@ class Consumer {
   // Records that arrive are kept, in order, for the next poll_batch. Throws as poll_batch.
   void serve(std::chrono::milliseconds duration);
 
-  // Synchronously commits these offsets, with any whose commit failed before and whose
-  // partition is still ours under the same assignment. A failure (rebalance in progress,
-  // coordinator moved, partition no longer ours) is a value: the offsets are kept for the next
-  // commit, and if the partition moves meanwhile its records are read again and their results
-  // replayed, so the caller logs it and carries on. Never throws but std::bad_alloc.
+  // Sends these offsets for commit, with any whose commit failed before and whose partition is
+  // still ours under the same assignment, and returns without waiting for the broker: the loop
+  // processes the next batch meanwhile. The commit already on its way, if any, is finished first
+  // (finish_commit), so a partition's commits reach the broker one after the other, in order;
+  // returns that commit's outcome ({} when there was none). Never throws but std::bad_alloc.
+  CommitOutcome start_commit(std::span<const PartitionOffset> offsets);
+
+  // Waits for the commit on its way, if any, and returns its outcome ({} when none). A failure
+  // (rebalance in progress, coordinator moved, partition no longer ours) is a value, reported to
+  // the observer; the caller logs it. Its offsets are kept for the next commit if their partition
+  // is still ours under the same assignment; if it moves, its records are read again by the new
+  // owner and their results replayed. A revocation and close() run this (and log a failure)
+  // before they give any partition up. Never throws but std::bad_alloc.
+  CommitOutcome finish_commit();
+
+  // start_commit, then finish_commit: the commit, synchronously.
   CommitOutcome commit(std::span<const PartitionOffset> offsets);
 
-  // Commits the offsets whose commit failed, if any (commit({})). For an idle loop: a partition
-  // that gets no new batch would otherwise never have them committed.
+  // Finishes the commit on its way (its outcome is the caller's to collect first, with
+  // finish_commit), then commits the offsets whose commit failed, if any (commit({})). For an
+  // idle loop: a partition that gets no new batch would otherwise never have them committed.
   CommitOutcome retry_failed_commits();
 
   // Pauses / resumes fetching from every assigned partition. While paused, partitions assigned by
@@ -115,8 +128,8 @@ class Consumer {
   // librdkafka's cached watermarks (no broker round trip). Never throws.
   void report_lag() noexcept;
 
-  // Commits nothing, leaves the group (revoking the assignment), and closes. Idempotent. Never
-  // throws; errors are logged.
+  // Collects the commit on its way, if any (commits nothing new), leaves the group (revoking the
+  // assignment), and closes. Idempotent. Never throws; errors are logged.
   void close() noexcept;
 
   // Throws KafkaError(fatal = true) if librdkafka raised a fatal error on this consumer.
@@ -145,12 +158,21 @@ class Consumer {
   bool paused_ = false;
   bool closed_ = false;
   AccessError access_error_;
-  // Offsets whose commit failed, with the assignment they were read under.
-  struct FailedCommit {
+  // An offset with the assignment it was read under.
+  struct AssignedOffset {
     std::int64_t next_offset;
     std::uint64_t assignment;
   };
-  std::map<TopicPartition, FailedCommit> failed_commits_;
+  // Offsets whose commit failed, kept for the next commit.
+  std::map<TopicPartition, AssignedOffset> failed_commits_;
+  // The commit sent and not yet finished: its result arrives on a queue of its own
+  // (rd_kafka_commit_queue), never through the consumer's poll.
+  struct CommitInFlight {
+    std::map<TopicPartition, AssignedOffset> offsets;
+    QueuePtr queue;
+    rd_kafka_resp_err_t send_error = RD_KAFKA_RESP_ERR_NO_ERROR;  // refused before it was sent
+  };
+  std::optional<CommitInFlight> commit_in_flight_;
 };
 
 }  // namespace dedup::kafka

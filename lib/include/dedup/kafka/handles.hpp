@@ -48,6 +48,12 @@ struct TopicDeleter {
 struct MetadataDeleter {
   void operator()(const rd_kafka_metadata_t* p) const noexcept { rd_kafka_metadata_destroy(p); }
 };
+struct QueueDeleter {
+  void operator()(rd_kafka_queue_t* p) const noexcept { rd_kafka_queue_destroy(p); }
+};
+struct EventDeleter {
+  void operator()(rd_kafka_event_t* p) const noexcept { rd_kafka_event_destroy(p); }
+};
 
 using HandlePtr = std::unique_ptr<rd_kafka_t, HandleDeleter>;
 using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
@@ -58,6 +64,8 @@ using HeadersPtr = std::unique_ptr<rd_kafka_headers_t, HeadersDeleter>;
 using ErrorPtr = std::unique_ptr<rd_kafka_error_t, ErrorDeleter>;
 using TopicPtr = std::unique_ptr<rd_kafka_topic_t, TopicDeleter>;
 using MetadataPtr = std::unique_ptr<const rd_kafka_metadata_t, MetadataDeleter>;
+using QueuePtr = std::unique_ptr<rd_kafka_queue_t, QueueDeleter>;
+using EventPtr = std::unique_ptr<rd_kafka_event_t, EventDeleter>;
 
 // A Kafka failure the caller cannot treat as business as usual: a handle that cannot be created,
 // a fatal error raised by librdkafka (producer fenced, idempotence guarantee broken), a subscribe
