@@ -255,6 +255,23 @@ TEST_F(WorkerTest, TransientDatabaseErrorRetriesTheBatchAndPublishesOnlyAfterSuc
   EXPECT_EQ(total_committed(), 4);
 }
 
+// The last batch's offset commit is refused and no batch follows: the idle loop collects the
+// refusal and commits the kept offsets, while the worker runs (not only at shutdown). With the
+// commit sent and not waited for, the refusal is known only once the loop asks for it.
+TEST_F(WorkerTest, ARefusedCommitOfTheLastBatchIsCommittedWhileIdle) {
+  const std::vector<OutboundRecord> input = {command("a"), command("b")};
+  test::write_records(brokers_, input);
+  cluster_.push_request_errors(kafka::ApiKey::offset_commit,
+                               {RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS});
+  RunningWorker running(options(), processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_TRUE(eventually([&] { return total_committed() == 2; }))
+      << "the refused offsets were not committed while the worker idled";
+  EXPECT_GT(observer_.kafka_errors(), 0u) << "the injected refusal never reached a commit";
+  EXPECT_EQ(running.stop(), 0);
+  EXPECT_EQ(store_.calls(), 1) << "committing again is not processing again";
+}
+
 TEST_F(WorkerTest, PermanentDatabaseErrorStopsWithStatusOneAndCommitsNothing) {
   store_.fail_permanently();
   test::write_records(brokers_, std::vector<OutboundRecord>{command("a")});

@@ -107,6 +107,7 @@ Consumer::Consumer(const ConsumerOptions& options, Observer& observer) : observe
   handle_ = make_handle(RD_KAFKA_CONSUMER, std::move(conf));
   // Error and log events are then served by consumer_poll, on the worker thread.
   rd_kafka_poll_set_consumer(handle_.get());
+  commit_queue_.reset(rd_kafka_queue_new(handle_.get()));
 
   TopicPartitionListPtr topics = make_partition_list(static_cast<int>(options.topics.size()));
   for (const std::string& topic : options.topics) {
@@ -154,16 +155,7 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
     // The commit on its way is answered while revoked partitions are still ours: released first,
     // it could be applied once the partition is read under a new assignment (ours or another
     // member's). A lost assignment has moved already; the broker's generation check refuses it.
-    try {
-      if (const CommitOutcome last = finish_commit(); !last.ok) {
-        spdlog::warn(
-            "offset commit failed as partitions are {} (their owner reads them again "
-            "from the committed offset): {}",
-            lost ? "lost" : "revoked", last.error);
-      }
-    } catch (const std::exception& e) {  // std::bad_alloc: the partitions must go all the same
-      spdlog::warn("offset commit on its way not collected before a revocation: {}", e.what());
-    }
+    collect_commit_before_release(lost ? "lost" : "revoked");
     if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
       spdlog::warn("kafka rebalance error: {}", rd_kafka_err2name(err));
       observer_.on_kafka_error(rd_kafka_err2name(err));
@@ -276,10 +268,9 @@ CommitOutcome Consumer::start_commit(std::span<const PartitionOffset> offsets) {
     rd_kafka_topic_partition_list_add(list.get(), tp.first.c_str(), tp.second)->offset =
         offset.next_offset;
   }
-  commit.queue.reset(rd_kafka_queue_new(handle_.get()));
   // Cleared only now: an allocation failing above keeps them for the next commit.
   failed_commits_.clear();
-  commit.send_error = rd_kafka_commit_queue(handle_.get(), list.get(), commit.queue.get(),
+  commit.send_error = rd_kafka_commit_queue(handle_.get(), list.get(), commit_queue_.get(),
                                             /*cb=*/nullptr, /*opaque=*/nullptr);
   commit_in_flight_ = std::move(commit);
   return previous;
@@ -296,7 +287,7 @@ CommitOutcome Consumer::finish_commit() {
     // librdkafka answers every commit (success, broker error, or its own timeout), as the
     // synchronous rd_kafka_commit relies on too.
     EventPtr event;
-    while (!event) event.reset(rd_kafka_queue_poll(commit.queue.get(), 1000));
+    while (!event) event.reset(rd_kafka_queue_poll(commit_queue_.get(), 1000));
     err = rd_kafka_event_error(event.get());
     const rd_kafka_topic_partition_list_t* list = rd_kafka_event_topic_partition_list(event.get());
     for (int i = 0; err == RD_KAFKA_RESP_ERR_NO_ERROR && list != nullptr && i < list->cnt; ++i) {
@@ -326,9 +317,21 @@ CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
 }
 
 CommitOutcome Consumer::retry_failed_commits() {
-  (void)finish_commit();
   if (failed_commits_.empty()) return {};
   return commit({});
+}
+
+void Consumer::collect_commit_before_release(const char* moment) noexcept {
+  try {
+    if (const CommitOutcome last = finish_commit(); !last.ok) {
+      spdlog::warn(
+          "offset commit failed as partitions are {} (their owner reads them again from "
+          "the committed offset): {}",
+          moment, last.error);
+    }
+  } catch (const std::exception& e) {  // std::bad_alloc
+    spdlog::warn("offset commit on its way not collected (partitions {}): {}", moment, e.what());
+  }
 }
 
 void Consumer::pause_all() noexcept {
@@ -388,14 +391,7 @@ void Consumer::report_lag() noexcept {
 void Consumer::close() noexcept {
   if (closed_ || !handle_) return;
   closed_ = true;
-  try {
-    if (const CommitOutcome last = finish_commit(); !last.ok) {
-      spdlog::warn("offset commit failed at close (read again from the committed offset): {}",
-                   last.error);
-    }
-  } catch (const std::exception& e) {  // std::bad_alloc
-    spdlog::warn("kafka consumer close: the last offset commit was not collected: {}", e.what());
-  }
+  collect_commit_before_release("closed");
   const rd_kafka_resp_err_t err = rd_kafka_consumer_close(handle_.get());
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
     spdlog::warn("kafka consumer close: {}", rd_kafka_err2name(err));

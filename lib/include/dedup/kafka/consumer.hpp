@@ -98,9 +98,9 @@ class Consumer {
   // start_commit, then finish_commit: the commit, synchronously.
   CommitOutcome commit(std::span<const PartitionOffset> offsets);
 
-  // Finishes the commit on its way (its outcome is the caller's to collect first, with
-  // finish_commit), then commits the offsets whose commit failed, if any (commit({})). For an
-  // idle loop: a partition that gets no new batch would otherwise never have them committed.
+  // Commits the offsets whose commit failed, if any (commit({})). For an idle loop: a partition
+  // that gets no new batch would otherwise never have them committed. Collect the commit on its
+  // way first (finish_commit): its failure is one of them.
   CommitOutcome retry_failed_commits();
 
   // Pauses / resumes fetching from every assigned partition. While paused, partitions assigned by
@@ -145,9 +145,16 @@ class Consumer {
   // was stashed.
   bool poll_one(std::chrono::milliseconds timeout);
   void forget(const std::set<TopicPartition>& partitions);
+  // finish_commit before partitions are given up (`moment`: "revoked", "lost", "closed"); logs
+  // a failure. Never throws: the partitions must go all the same.
+  void collect_commit_before_release(const char* moment) noexcept;
 
   Observer& observer_;
   HandlePtr handle_;
+  // Where the answers to offset commits arrive (rd_kafka_commit_queue), never through the
+  // consumer's poll: one commit is on its way at most, so one queue serves them all. Declared
+  // after handle_: destroyed before it.
+  QueuePtr commit_queue_;
   // The assigned partitions, each with the number of its current assignment (InboundRecord::
   // assignment). Every assignment gets a new number, so a revoke followed by an assign of the
   // same partition within one poll is still told apart.
@@ -165,11 +172,9 @@ class Consumer {
   };
   // Offsets whose commit failed, kept for the next commit.
   std::map<TopicPartition, AssignedOffset> failed_commits_;
-  // The commit sent and not yet finished: its result arrives on a queue of its own
-  // (rd_kafka_commit_queue), never through the consumer's poll.
+  // The commit sent and not yet finished; its answer arrives on commit_queue_.
   struct CommitInFlight {
     std::map<TopicPartition, AssignedOffset> offsets;
-    QueuePtr queue;
     rd_kafka_resp_err_t send_error = RD_KAFKA_RESP_ERR_NO_ERROR;  // refused before it was sent
   };
   std::optional<CommitInFlight> commit_in_flight_;
