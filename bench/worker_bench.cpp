@@ -25,6 +25,7 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <span>
 #include <tuple>
 #include <cstdlib>
 #include <iostream>
@@ -97,6 +98,14 @@ struct Latency {
   double seconds;
 };
 
+// Where a record's latency goes before its result is sent: from its timestamp until the worker
+// hands it to the processor (producer, broker, fetch, the loop), and processing its batch (parsing,
+// the transaction, building results).
+struct Stages {
+  std::vector<Latency> until_read;
+  std::vector<Latency> processing;
+};
+
 // Counts published results and keeps their end-to-end latencies. Batches are counted by
 // CountedBatches, as the worker hands them over: each lane's Processor reports only its share.
 class Recorder final : public dedup::Observer {
@@ -106,6 +115,23 @@ class Recorder final : public dedup::Observer {
     if (!first_batch_) first_batch_ = SteadyClock::now();
     ++batches_;
     batched_records_ += records;
+  }
+  // A batch's stages: each record's wait until it was read, and the processing they shared.
+  void on_batch_processed(std::span<const dedup::InboundRecord> records,
+                          std::chrono::system_clock::time_point read_at, double processing_seconds) {
+    const auto now = SteadyClock::now();
+    const auto read_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(read_at.time_since_epoch()).count();
+    std::lock_guard lock(mutex_);
+    for (const dedup::InboundRecord& record : records) {
+      if (!record.timestamp_ms) continue;
+      stages_.until_read.push_back({now, static_cast<double>(read_ms - *record.timestamp_ms) / 1000.0});
+      stages_.processing.push_back({now, processing_seconds});
+    }
+  }
+  Stages take_stages() {
+    std::lock_guard lock(mutex_);
+    return std::exchange(stages_, {});
   }
   // When the first batch was handed to the processor (nullopt: none yet).
   std::optional<SteadyClock::time_point> first_batch() {
@@ -149,6 +175,7 @@ class Recorder final : public dedup::Observer {
   std::size_t batched_records_ = 0;
   double store_seconds_ = 0;
   std::optional<SteadyClock::time_point> first_batch_;
+  Stages stages_;
 };
 
 // The worker's processor (the lanes), counting the batches the worker hands it.
@@ -157,7 +184,12 @@ class CountedBatches final : public dedup::BatchProcessor {
   CountedBatches(dedup::BatchProcessor& inner, Recorder& recorder) : inner_(inner), recorder_(recorder) {}
   std::vector<dedup::CommandResult> process(std::span<const dedup::InboundRecord> records) override {
     recorder_.on_worker_batch(records.size());
-    return inner_.process(records);
+    const auto read_at = std::chrono::system_clock::now();
+    const auto start = SteadyClock::now();
+    auto results = inner_.process(records);
+    recorder_.on_batch_processed(records, read_at,
+                                 std::chrono::duration<double>(SteadyClock::now() - start).count());
+    return results;
   }
 
  private:
@@ -238,24 +270,37 @@ double percentile(const std::vector<Latency>& latencies, double p,
   return values[index];
 }
 
-// Produces values [from, to) of `value_of`, all at once; returns seconds until the group's
-// committed offsets reach `committed_target`.
+// Waits until `target` results are published and the group's committed offsets reach `target`
+// (one result and one offset per record); throws `what` after 600 s from `start`. The broker is
+// asked for the committed offsets only once every result is out: asking every 5 ms all along (an
+// OffsetFetch each time) would compete for the cores the worker and the broker share with us.
+void wait_until_committed(Recorder& recorder, CommittedOffsets& committed, std::int64_t target,
+                          SteadyClock::time_point start, const char* what) {
+  const auto check_time = [&] {
+    if (SteadyClock::now() - start > 600s) throw std::runtime_error(what);
+    std::this_thread::sleep_for(5ms);
+  };
+  while (static_cast<std::int64_t>(recorder.published()) < target) check_time();
+  while (committed.total() < target) check_time();
+}
+
+// Produces values [from, to) of `value_of`, all at once; returns seconds until `target` results
+// are published and committed.
 template <typename ValueOf>
-double burst(LoadProducer& producer, CommittedOffsets& committed, const std::string& topic, int from, int to,
-             std::int64_t committed_target, ValueOf value_of) {
+double burst(LoadProducer& producer, Recorder& recorder, CommittedOffsets& committed, const std::string& topic,
+             int from, int to, std::int64_t target, ValueOf value_of) {
   const auto start = SteadyClock::now();
   for (int i = from; i < to; ++i) producer.send(topic, value_of(i));
   producer.flush();
-  while (committed.total() < committed_target) {
-    if (SteadyClock::now() - start > 600s) throw std::runtime_error("the worker did not keep up");
-    std::this_thread::sleep_for(5ms);
-  }
+  wait_until_committed(recorder, committed, target, start, "the worker did not keep up");
   return std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
 
-// What a paced phase measured: the latencies the worker reported, and when the phase began.
+// What a paced phase measured: the latencies the worker reported, where they went, and when the
+// phase began.
 struct PacedPhase {
   std::vector<Latency> latencies;
+  Stages stages;
   SteadyClock::time_point start;
 };
 
@@ -264,6 +309,7 @@ template <typename ValueOf>
 PacedPhase paced(LoadProducer& producer, Recorder& recorder, const std::string& topic, double rate,
                           double seconds, int first, ValueOf value_of) {
   recorder.take_latencies();
+  recorder.take_stages();
   const std::size_t before = recorder.published();
   const int total = static_cast<int>(rate * seconds);
   const auto start = SteadyClock::now();
@@ -280,7 +326,7 @@ PacedPhase paced(LoadProducer& producer, Recorder& recorder, const std::string& 
   while (recorder.published() < before + static_cast<std::size_t>(total) && SteadyClock::now() < deadline) {
     std::this_thread::sleep_for(5ms);
   }
-  return {recorder.take_latencies(), start};
+  return {recorder.take_latencies(), recorder.take_stages(), start};
 }
 
 double core_only(const Options& options, const dedup::CommandCatalog& catalog, const std::string& schema,
@@ -454,10 +500,7 @@ int main(int argc, char** argv) try {
     }
   } stop_on_exit{worker, loop};
   std::int64_t target = n;
-  while (committed.total() < target) {
-    if (SteadyClock::now() - worker_start > 600s) throw std::runtime_error("the worker did not drain the backlog");
-    std::this_thread::sleep_for(5ms);
-  }
+  wait_until_committed(recorder, committed, target, worker_start, "the worker did not drain the backlog");
   const auto drained = SteadyClock::now();
   const auto first_batch = recorder.first_batch().value_or(worker_start);
   const double join_seconds = std::chrono::duration<double>(first_batch - worker_start).count();
@@ -471,10 +514,10 @@ int main(int argc, char** argv) try {
   // Bursts produced while the worker runs (the clock includes producing): n more new commands,
   // then the backlog's n keys again from other records (duplicates).
   target += n;
-  const double unique_seconds = burst(producer, committed, topic, n, 2 * n, target, value_of);
+  const double unique_seconds = burst(producer, recorder, committed, topic, n, 2 * n, target, value_of);
   const auto [unique_batches, unique_records, unique_store] = recorder.take_batch_stats();
   target += n;
-  const double duplicate_seconds = burst(producer, committed, topic, 0, n, target, value_of);
+  const double duplicate_seconds = burst(producer, recorder, committed, topic, 0, n, target, value_of);
   const auto [dup_batches, dup_records, dup_store] = recorder.take_batch_stats();
   const double worker_backlog = n / backlog_seconds;
   const double worker_unique = n / unique_seconds;
@@ -564,6 +607,17 @@ int main(int argc, char** argv) try {
   std::cout << fmt::format("latency duplicate p99 ms: {:.1f}\n", 1000 * percentile(duplicate_latency.latencies, 0.99));
   std::cout << fmt::format("latency duplicate p99 ms after the first second: {:.1f}\n",
                            1000 * percentile(duplicate_latency.latencies, 0.99, steady(duplicate_latency)));
+  // Where the tail goes (after the first second): until the worker read the record, and processing
+  // its batch; the rest of the end-to-end figure is publishing the result and waiting for the
+  // batch before it.
+  for (const auto& [name, phase] : {std::pair{"unique", &unique_latency}, std::pair{"duplicate", &duplicate_latency}}) {
+    std::cout << fmt::format("latency {} p50/p99 ms until read: {:.1f} / {:.1f}\n", name,
+                             1000 * percentile(phase->stages.until_read, 0.50, steady(*phase)),
+                             1000 * percentile(phase->stages.until_read, 0.99, steady(*phase)));
+    std::cout << fmt::format("latency {} p50/p99 ms processing: {:.1f} / {:.1f}\n", name,
+                             1000 * percentile(phase->stages.processing, 0.50, steady(*phase)),
+                             1000 * percentile(phase->stages.processing, 0.99, steady(*phase)));
+  }
   std::cout << fmt::format("latency unique mean batch: {:.0f}\n", double(unique_paced_records) / unique_paced_batches);
   std::cout << fmt::format("latency duplicate mean batch: {:.0f}\n", double(dup_paced_records) / dup_paced_batches);
   std::cout << fmt::format("latency samples: {} {}\n", unique_latency.latencies.size(),
