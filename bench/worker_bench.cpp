@@ -110,19 +110,18 @@ struct Stages {
 // CountedBatches, as the worker hands them over: each lane's Processor reports only its share.
 class Recorder final : public dedup::Observer {
  public:
-  void on_worker_batch(std::size_t records) {
-    std::lock_guard lock(mutex_);
-    if (!first_batch_) first_batch_ = SteadyClock::now();
-    ++batches_;
-    batched_records_ += records;
-  }
-  // A batch's stages: each record's wait until it was read, and the processing they shared.
-  void on_batch_processed(std::span<const dedup::InboundRecord> records,
-                          std::chrono::system_clock::time_point read_at, double processing_seconds) {
+  // A batch the worker handed over at `read_at` (wall clock, to compare with record timestamps;
+  // steady, for the phases), processed in `processing_seconds`: counted, and its records' stages
+  // kept — each one's wait until it was read, and the processing they shared.
+  void on_worker_batch(std::span<const dedup::InboundRecord> records, SteadyClock::time_point read_at,
+                       std::chrono::system_clock::time_point read_at_wall, double processing_seconds) {
     const auto now = SteadyClock::now();
     const auto read_ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(read_at.time_since_epoch()).count();
+        std::chrono::duration_cast<std::chrono::milliseconds>(read_at_wall.time_since_epoch()).count();
     std::lock_guard lock(mutex_);
+    if (!first_batch_) first_batch_ = read_at;
+    ++batches_;
+    batched_records_ += records.size();
     for (const dedup::InboundRecord& record : records) {
       if (!record.timestamp_ms) continue;
       stages_.until_read.push_back({now, static_cast<double>(read_ms - *record.timestamp_ms) / 1000.0});
@@ -183,12 +182,11 @@ class CountedBatches final : public dedup::BatchProcessor {
  public:
   CountedBatches(dedup::BatchProcessor& inner, Recorder& recorder) : inner_(inner), recorder_(recorder) {}
   std::vector<dedup::CommandResult> process(std::span<const dedup::InboundRecord> records) override {
-    recorder_.on_worker_batch(records.size());
-    const auto read_at = std::chrono::system_clock::now();
-    const auto start = SteadyClock::now();
+    const auto read_at_wall = std::chrono::system_clock::now();
+    const auto read_at = SteadyClock::now();
     auto results = inner_.process(records);
-    recorder_.on_batch_processed(records, read_at,
-                                 std::chrono::duration<double>(SteadyClock::now() - start).count());
+    recorder_.on_worker_batch(records, read_at, read_at_wall,
+                              std::chrono::duration<double>(SteadyClock::now() - read_at).count());
     return results;
   }
 
