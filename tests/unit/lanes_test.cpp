@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <limits>
@@ -160,6 +161,37 @@ TEST(LanesTest, AnyPartitionSetSpreadsEvenlyAndEachPartitionStaysInOneLane) {
   const auto split = Lanes::assign(two_topics, 2);
   EXPECT_NE(split[0], split[1]);
   EXPECT_EQ(Lanes::assign(records, 1), std::vector<std::size_t>(records.size(), 0));
+}
+
+// A batch is done when its slowest lane is. Dealt in turn, partitions of 6, 1, 1, 1, 1 and 2
+// records would give two lanes 8 and 4; largest first to the least loaded lane gives 6 and 6.
+TEST(LanesTest, LanesGetEvenSharesOfUnevenPartitions) {
+  std::vector<InboundRecord> records;
+  std::int64_t offset = 0;
+  for (const auto& [partition, count] : std::vector<std::pair<int, int>>{{0, 6}, {1, 1}, {2, 1}, {3, 1}, {4, 1}, {5, 2}}) {
+    for (int i = 0; i < count; ++i) {
+      records.push_back(test::record({{"k", offset}}, {"commands", partition, offset}));
+      ++offset;
+    }
+  }
+  std::rotate(records.begin(), records.begin() + 7, records.end());  // batch order does not matter
+  const auto lanes = Lanes::assign(records, 2);
+  std::map<std::size_t, int> records_per_lane;
+  std::map<int, std::size_t> lane_of_partition;
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    ++records_per_lane[lanes[i]];
+    const auto [it, first] = lane_of_partition.emplace(records[i].source.partition, lanes[i]);
+    EXPECT_EQ(it->second, lanes[i]) << "partition " << records[i].source.partition << " split";
+  }
+  EXPECT_EQ(records_per_lane[0], 6);
+  EXPECT_EQ(records_per_lane[1], 6);
+  EXPECT_NE(lane_of_partition[0], lane_of_partition[5]);
+  // One partition larger than all others together: it has a lane to itself.
+  std::vector<InboundRecord> skewed;
+  for (int i = 0; i < 10; ++i) skewed.push_back(test::record({{"k", i}}, {"commands", 7, i}));
+  for (int p = 0; p < 4; ++p) skewed.push_back(test::record({{"k", p}}, {"commands", p, 0}));
+  const auto skewed_lanes = Lanes::assign(skewed, 3);
+  for (std::size_t i = 10; i < skewed.size(); ++i) EXPECT_NE(skewed_lanes[i], skewed_lanes[0]);
 }
 
 }  // namespace

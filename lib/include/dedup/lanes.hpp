@@ -29,10 +29,11 @@ class Lanes final : public BatchProcessor {
   // attempted when every failure was transient.
   std::vector<CommandResult> process(std::span<const InboundRecord> records) override;
 
-  // The lane of each record: the batch's distinct partitions, in order, dealt to the lanes in
-  // turn, so a partition's records stay in order in one lane and any set of partitions (an
-  // assignor may give a pod {0, 4, 8, 12}) spreads evenly. Per batch, not per process: every lane
-  // finishes before the next batch starts, so nothing needs a partition to keep its lane.
+  // The lane of each record: a partition's records all go to one lane, in order, and the lanes
+  // get as even a share of the batch as whole partitions allow (largest partition first, to the
+  // least loaded lane), whatever set of partitions the assignor gave (a pod may get {0, 4, 8, 12}).
+  // Per batch, not per process: every lane finishes before the next batch starts, so nothing
+  // needs a partition to keep its lane.
   static std::vector<std::size_t> assign(std::span<const InboundRecord> records,
                                          std::size_t lanes);
 

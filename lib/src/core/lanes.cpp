@@ -41,20 +41,44 @@ Lanes::Lanes(std::vector<BatchProcessor*> lanes) : lanes_(std::move(lanes)) {
 
 std::vector<std::size_t> Lanes::assign(std::span<const InboundRecord> records,
                                        std::size_t lanes) {
-  std::vector<std::pair<std::string_view, std::int32_t>> partitions;
+  using Partition = std::pair<std::string_view, std::int32_t>;
+  // The batch's distinct partitions, sorted, with their records.
+  std::vector<std::pair<Partition, std::size_t>> partitions;
   partitions.reserve(records.size());
   for (const InboundRecord& record : records) {
-    partitions.emplace_back(record.source.topic, record.source.partition);
+    partitions.push_back({{record.source.topic, record.source.partition}, 0});
   }
   std::sort(partitions.begin(), partitions.end());
   partitions.erase(std::unique(partitions.begin(), partitions.end()), partitions.end());
+  const auto index_of = [&](const InboundRecord& record) {
+    const auto at = std::lower_bound(
+        partitions.begin(), partitions.end(), Partition(record.source.topic, record.source.partition),
+        [](const auto& entry, const Partition& p) { return entry.first < p; });
+    return static_cast<std::size_t>(at - partitions.begin());
+  };
+  for (const InboundRecord& record : records) ++partitions[index_of(record)].second;
+
+  // Largest partition first, each to the lane with the fewest records so far (ties: the lower
+  // lane). A batch is done when its slowest lane is: a lane given two large partitions while
+  // another gets two small ones keeps three connections waiting on one.
+  std::vector<std::size_t> by_size(partitions.size());
+  for (std::size_t i = 0; i < by_size.size(); ++i) by_size[i] = i;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](std::size_t a, std::size_t b) {
+    return partitions[a].second > partitions[b].second;
+  });
+  std::vector<std::size_t> load(lanes, 0);
+  std::vector<std::size_t> lane_of_partition(partitions.size());
+  for (const std::size_t p : by_size) {
+    const auto lane =
+        static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    lane_of_partition[p] = lane;
+    load[lane] += partitions[p].second;
+  }
+
   std::vector<std::size_t> lane_of_record;
   lane_of_record.reserve(records.size());
   for (const InboundRecord& record : records) {
-    const auto at = std::lower_bound(partitions.begin(), partitions.end(),
-                                     std::pair<std::string_view, std::int32_t>(
-                                         record.source.topic, record.source.partition));
-    lane_of_record.push_back(static_cast<std::size_t>(at - partitions.begin()) % lanes);
+    lane_of_record.push_back(lane_of_partition[index_of(record)]);
   }
   return lane_of_record;
 }
