@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "dedup/errors.hpp"
 #include "dedup/logging.hpp"
 
@@ -85,6 +87,63 @@ TEST(Logging, JsonLinesCarryTheDocumentedFields) {
   EXPECT_EQ(line.at("offset"), 7);
   EXPECT_EQ(line.at("entity_id"), 47);
   EXPECT_TRUE(line.at("ts").get<std::string>().ends_with("Z"));
+}
+
+// The contract's order ({"ts","level","msg",...fields}), and a line's own keys stay its own: a
+// field named like one of them comes out renamed, not in place of it nor as a duplicate key.
+TEST(Logging, JsonLinesStartWithTsLevelMsgAndFieldsCannotReplaceThem) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  log_event(LogLevel::info, "said \"hi\"\n", {{"msg", "not the message"}, {"level", 3}, {"ts", "x"}, {"b", 1}, {"a", "\x1f"}});
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].rfind(R"({"ts":")", 0), 0u) << lines[0];
+  EXPECT_NE(lines[0].find(R"(","level":"info","msg":"said \"hi\"\n","a":)"), std::string::npos) << lines[0];
+  const auto line = json::parse(lines[0]);
+  EXPECT_EQ(line.size(), 8u) << lines[0];  // ts, level, msg, a, b and three renamed: no duplicate keys
+  EXPECT_EQ(line.at("msg"), "said \"hi\"\n");
+  EXPECT_EQ(line.at("level"), "info");
+  EXPECT_EQ(line.at("field_msg"), "not the message");
+  EXPECT_EQ(line.at("field_level"), 3);
+  EXPECT_EQ(line.at("field_ts"), "x");
+  EXPECT_EQ(line.at("a"), "\x1f");
+  EXPECT_EQ(line.at("b"), 1);
+}
+
+// Plain spdlog calls (libraries, start-up messages) go through the same formatter: whatever their
+// text, they come out as one JSON line of their own, with no fields (a field separator or JSON in
+// the text is just text), and a log_event line before them lends them none of its fields.
+TEST(Logging, PlainSpdlogTextNeverPassesForFields) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  log_event(LogLevel::info, "with fields", {{"scope", "org-1"}});
+  spdlog::info("broker said: \x1f{{\"scope\":\"forged\"}} and \xff");
+  spdlog::warn("{}", std::string("nul \0 inside", 13));
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(json::parse(lines[0]).at("scope"), "org-1");
+  const auto plain = json::parse(lines[1]);
+  EXPECT_EQ(plain.size(), 3u) << lines[1];  // ts, level, msg
+  EXPECT_FALSE(plain.contains("scope"));
+  EXPECT_NE(plain.at("msg").get<std::string>().find(R"({"scope":"forged"})"), std::string::npos);
+  const auto nul = json::parse(lines[2]);
+  EXPECT_EQ(nul.size(), 3u) << lines[2];
+  EXPECT_EQ(nul.at("msg").get<std::string>(), std::string("nul \0 inside", 13));
+}
+
+// Above the level, nothing is written, and callers that check first skip building their fields.
+TEST(Logging, LogEnabledFollowsTheConfiguredLevel) {
+  configure_logging("warn", "json");
+  EXPECT_FALSE(log_enabled(LogLevel::info));
+  EXPECT_TRUE(log_enabled(LogLevel::warn));
+  EXPECT_TRUE(log_enabled(LogLevel::error));
+  CapturedStderr captured;
+  LoggingObserver observer;
+  observer.on_result_published(result_of(Status::created, 1), 0.01);
+  log_event(LogLevel::info, "hidden", {{"k", 1}});
+  EXPECT_TRUE(captured.lines().empty());
+  configure_logging("info", "json");
+  EXPECT_TRUE(log_enabled(LogLevel::info));
 }
 
 TEST(Logging, TextFormatIsForHumans) {

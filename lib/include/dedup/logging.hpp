@@ -22,9 +22,14 @@ enum class LogLevel { trace, debug, info, warn, error, critical };
 void configure_logging(std::string_view level, std::string_view format);
 
 // One log line: a message and structured fields (scope, key, type, status, partition, offset,
-// entity_id, ...). In JSON: {"ts", "level", "msg", ...fields}; in text: "msg field=value ...".
+// entity_id, ...). In JSON: {"ts", "level", "msg", ...fields}, in that order (a field named ts,
+// level or msg comes out as field_ts, field_level, field_msg); in text: "msg field=value ...".
 void log_event(LogLevel level, std::string_view message,
                const nlohmann::json& fields = nlohmann::json::object());
+
+// Whether a line of `level` would be written: for callers whose fields cost more to build than
+// this check.
+bool log_enabled(LogLevel level);
 
 // At most `per_second` events pass, as a token bucket with that burst; the rest are counted so the
 // next line that passes can say how many were held back. Thread-safe.

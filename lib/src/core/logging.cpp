@@ -15,9 +15,11 @@ namespace {
 
 using json = nlohmann::json;
 
-// log_event() passes fields to the formatter inside the payload, after this separator, so that
-// plain spdlog calls elsewhere in the process still format (they just have no fields).
-constexpr char kFieldSeparator = '\x1f';
+// The fields of the line log_event() is writing on this thread, as one dumped JSON object. They
+// travel beside the message rather than inside it (the logger formats on the caller's thread,
+// within log_event's call), so no text that a plain spdlog call logs can pass for fields; plain
+// spdlog calls elsewhere in the process still format, without fields.
+thread_local const std::string* t_fields = nullptr;
 
 std::string iso_time(spdlog::log_clock::time_point time) {
   return format_timestamp(std::chrono::time_point_cast<std::chrono::microseconds>(time));
@@ -28,26 +30,30 @@ class StructuredFormatter final : public spdlog::formatter {
   explicit StructuredFormatter(bool as_json) : as_json_(as_json) {}
 
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    const std::string_view payload(msg.payload.data(), msg.payload.size());
-    const auto split = payload.find(kFieldSeparator);
-    const auto message = payload.substr(0, split);
-    json fields = json::object();
-    if (split != std::string_view::npos) {
-      fields = json::parse(payload.substr(split + 1), nullptr, /*allow_exceptions=*/false);
-      if (!fields.is_object()) fields = json::object();
-    }
+    const std::string_view message(msg.payload.data(), msg.payload.size());
+    const std::string_view fields = t_fields != nullptr ? *t_fields : std::string_view();
     const auto level = spdlog::level::to_string_view(msg.level);
+    const std::string_view level_name(level.data(), level.size());
     std::string line;
     if (as_json_) {
-      json record = {{"ts", iso_time(msg.time)},
-                     {"level", std::string_view(level.data(), level.size())},
-                     {"msg", message}};
-      for (auto& [key, value] : fields.items()) record[key] = std::move(value);
-      line = record.dump(-1, ' ', false, json::error_handler_t::replace);
+      // Written out rather than built as a json object: this runs for every created entity, on the
+      // worker loop's thread. log_event's fields (one dumped object) are spliced in after "msg".
+      line = R"({"ts":")";
+      line += iso_time(msg.time);
+      line += R"(","level":")";
+      line += level_name;
+      line += R"(","msg":)";
+      line += json(message).dump(-1, ' ', false, json::error_handler_t::replace);
+      if (fields.size() > 2) {
+        line += ',';
+        line += fields.substr(1);
+      } else {
+        line += '}';
+      }
     } else {
-      line = fmt::format("{} {:<5} {}", iso_time(msg.time), std::string_view(level.data(), level.size()),
-                         message);
-      for (const auto& [key, value] : fields.items()) {
+      line = fmt::format("{} {:<5} {}", iso_time(msg.time), level_name, message);
+      const auto parsed = fields.empty() ? json::object() : json::parse(fields);
+      for (const auto& [key, value] : parsed.items()) {
         line += fmt::format(" {}={}", key,
                             value.is_string() ? value.get<std::string>()
                                               : value.dump(-1, ' ', false, json::error_handler_t::replace));
@@ -109,15 +115,36 @@ void configure_logging(std::string_view level, std::string_view format) {
   spdlog::set_default_logger(std::move(logger));
 }
 
+bool log_enabled(LogLevel level) {
+  return spdlog::default_logger_raw()->should_log(to_spdlog(level));
+}
+
 void log_event(LogLevel level, std::string_view message, const json& fields) {
   const auto spd = to_spdlog(level);
   if (!spdlog::default_logger_raw()->should_log(spd)) return;
-  std::string payload(message);
-  if (!fields.empty()) {
-    payload += kFieldSeparator;
-    payload += fields.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string dumped;
+  if (fields.is_object() && !fields.empty()) {
+    if (!fields.contains("ts") && !fields.contains("level") && !fields.contains("msg")) {
+      dumped = fields.dump(-1, ' ', false, json::error_handler_t::replace);
+    } else {
+      // The line's own keys stay its own.
+      json renamed = fields;
+      for (const char* key : {"ts", "level", "msg"}) {
+        if (const auto found = renamed.find(key); found != renamed.end()) {
+          renamed[std::string("field_") + key] = std::move(*found);
+          renamed.erase(key);
+        }
+      }
+      dumped = renamed.dump(-1, ' ', false, json::error_handler_t::replace);
+    }
   }
-  spdlog::default_logger_raw()->log(spd, "{}", payload);
+  struct FieldsBeside {
+    explicit FieldsBeside(const std::string& text) { t_fields = &text; }
+    ~FieldsBeside() { t_fields = nullptr; }
+    FieldsBeside(const FieldsBeside&) = delete;
+    FieldsBeside& operator=(const FieldsBeside&) = delete;
+  } beside(dumped);
+  spdlog::default_logger_raw()->log(spd, "{}", message);
 }
 
 RateLimiter::RateLimiter(double per_second)
@@ -168,11 +195,13 @@ void LoggingObserver::on_result_published(const CommandResult& result, double /*
   }
   switch (result.status) {
     case Status::created:
-      log_event(LogLevel::info, "entity created", result_fields(result));
+      // Checked first: building the fields costs more than the check, for every created entity.
+      if (log_enabled(LogLevel::info)) log_event(LogLevel::info, "entity created", result_fields(result));
       break;
     case Status::duplicate:
     case Status::conflict:
       if (result.status == Status::conflict && !result.replayed) {
+        if (!log_enabled(LogLevel::info)) break;
         auto f = result_fields(result);
         f["constraint"] = result.error.value("constraint", json());
         log_event(LogLevel::info, "command conflicts with existing data", f);
