@@ -189,6 +189,9 @@ class CountedBatches final : public dedup::BatchProcessor {
                               std::chrono::duration<double>(SteadyClock::now() - read_at).count());
     return results;
   }
+  // The worker reads this many batches' worth at once (one per lane): without it, 4 lanes shared
+  // one lane's batch, and each transaction got a quarter of --max-batch.
+  std::size_t transactions_per_batch() const noexcept override { return inner_.transactions_per_batch(); }
 
  private:
   dedup::BatchProcessor& inner_;
