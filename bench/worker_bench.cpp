@@ -454,7 +454,7 @@ int main(int argc, char** argv) try {
                                                             dedup::ParseOptions{}));
     lane_list.push_back(processors.back().get());
   }
-  dedup::Lanes lanes(std::move(lane_list));
+  dedup::Lanes lanes(std::move(lane_list), options.max_batch);
   CountedBatches processor(lanes, recorder);
   dedup::WorkerOptions worker_options;
   worker_options.brokers = brokers;

@@ -99,6 +99,8 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   const auto catalog = dedup::CommandCatalog::from_file(flags.config);
   const auto key_ttl = dedup::parse_duration(flags.key_ttl, "--key-ttl");
   if (flags.max_message_bytes == 0) throw ConfigError("--max-message-bytes", "must be at least 1");
+  // Before the lanes, which take it as their cap per transaction (WorkerOptions checks it again).
+  if (flags.max_batch == 0) throw ConfigError("--max-batch", "must be at least 1");
   if (flags.db_connections < 1 || flags.db_connections > kMaxDbConnections) {
     throw ConfigError("--db-connections",
                       fmt::format("must be between 1 and {}", kMaxDbConnections));
@@ -129,7 +131,7 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
         std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, observer, parse_options));
     lanes.push_back(processors.back().get());
   }
-  dedup::Lanes processor(std::move(lanes));
+  dedup::Lanes processor(std::move(lanes), flags.max_batch);
 
   dedup::WorkerOptions options;
   options.brokers = flags.brokers;

@@ -163,6 +163,40 @@ TEST(LanesTest, AnyPartitionSetSpreadsEvenlyAndEachPartitionStaysInOneLane) {
   EXPECT_EQ(Lanes::assign(records, 1), std::vector<std::size_t>(records.size(), 0));
 }
 
+// Lanes take whole partitions, so one partition can bring a lane more than --max-batch records
+// (a poll takes N batches' worth): the lane then runs several transactions of at most that many,
+// in the partition's order, and the results still come back in input order.
+TEST(LanesTest, ALaneWithMoreThanABatchRunsTransactionsOfAtMostOneBatch) {
+  struct CountingLane final : BatchProcessor {
+    std::vector<std::size_t> calls;
+    std::vector<std::int64_t> offsets;
+    std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
+      calls.push_back(records.size());
+      std::vector<CommandResult> results(records.size());
+      for (std::size_t i = 0; i < records.size(); ++i) {
+        offsets.push_back(records[i].source.offset);
+        results[i].error = {{"offset", records[i].source.offset}};
+      }
+      return results;
+    }
+  };
+  for (const std::size_t lanes_count : {1U, 2U}) {
+    std::vector<CountingLane> lanes(lanes_count);
+    std::vector<BatchProcessor*> pointers;
+    for (auto& lane : lanes) pointers.push_back(&lane);
+    Lanes laned(pointers, /*max_per_transaction=*/3);
+    const auto records = records_over(1, 7);  // one partition, 7 records: one lane gets them all
+    const auto results = laned.process(records);
+    ASSERT_EQ(results.size(), 7U);
+    for (std::size_t i = 0; i < results.size(); ++i) EXPECT_EQ(results[i].error["offset"], records[i].source.offset);
+    EXPECT_EQ(lanes[0].calls, (std::vector<std::size_t>{3, 3, 1})) << lanes_count << " lane(s)";
+    EXPECT_EQ(lanes[0].offsets, (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6}));
+  }
+  CountingLane spare;
+  EXPECT_THROW(Lanes({&spare}, 0), std::invalid_argument);
+  EXPECT_THROW(Lanes::assign(records_over(2, 1), 0), std::invalid_argument);
+}
+
 // A batch is done when its slowest lane is. Dealt in turn, partitions of 6, 1, 1, 1, 1 and 2
 // records would give two lanes 8 and 4; largest first to the least loaded lane gives 6 and 6.
 TEST(LanesTest, LanesGetEvenSharesOfUnevenPartitions) {

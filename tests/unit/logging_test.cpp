@@ -94,18 +94,20 @@ TEST(Logging, JsonLinesCarryTheDocumentedFields) {
 TEST(Logging, JsonLinesStartWithTsLevelMsgAndFieldsCannotReplaceThem) {
   configure_logging("info", "json");
   CapturedStderr captured;
-  log_event(LogLevel::info, "said \"hi\"\n", {{"msg", "not the message"}, {"level", 3}, {"ts", "x"}, {"b", 1}, {"a", "\x1f"}});
+  log_event(LogLevel::info, "said \"hi\"\n",
+            {{"msg", "not the message"}, {"level", 3}, {"ts", "x"}, {"b", 1}, {"a", "\x1f"}, {"field_ts", "mine"}});
   const auto lines = captured.lines();
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_EQ(lines[0].rfind(R"({"ts":")", 0), 0u) << lines[0];
   EXPECT_NE(lines[0].find(R"(","level":"info","msg":"said \"hi\"\n","a":)"), std::string::npos) << lines[0];
   const auto line = json::parse(lines[0]);
-  EXPECT_EQ(line.size(), 8u) << lines[0];  // ts, level, msg, a, b and three renamed: no duplicate keys
+  EXPECT_EQ(line.size(), 9u) << lines[0];  // ts, level, msg, a, b, field_ts and three renamed
   EXPECT_EQ(line.at("msg"), "said \"hi\"\n");
   EXPECT_EQ(line.at("level"), "info");
   EXPECT_EQ(line.at("field_msg"), "not the message");
   EXPECT_EQ(line.at("field_level"), 3);
-  EXPECT_EQ(line.at("field_ts"), "x");
+  EXPECT_EQ(line.at("field_ts"), "mine");
+  EXPECT_EQ(line.at("field_field_ts"), "x");
   EXPECT_EQ(line.at("a"), "\x1f");
   EXPECT_EQ(line.at("b"), 1);
 }

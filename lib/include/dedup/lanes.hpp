@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -22,7 +23,11 @@ class Lanes final : public BatchProcessor {
   // The lanes are borrowed and must outlive this object; at least one. Each lane is used by one
   // thread at a time (its own), so a lane needs no locking of its own; the observer the lanes
   // share must be thread-safe (Metrics, LoggingObserver and FanOutObserver are).
-  explicit Lanes(std::vector<BatchProcessor*> lanes);
+  // A lane's transactions hold at most `max_per_transaction` records (--max-batch, at least 1):
+  // a lane gets whole partitions, so one partition that fills a poll of N batches' worth would
+  // otherwise be one transaction N times the size asked for.
+  explicit Lanes(std::vector<BatchProcessor*> lanes,
+                 std::size_t max_per_transaction = std::numeric_limits<std::size_t>::max());
 
   // Results in input order. When lanes fail, rethrows after all of them have finished: a
   // PermanentDatabaseError or any other error before a TransientDatabaseError, so a retry is only
@@ -34,13 +39,21 @@ class Lanes final : public BatchProcessor {
   // least loaded lane), whatever set of partitions the assignor gave (a pod may get {0, 4, 8, 12}).
   // Per batch, not per process: every lane finishes before the next batch starts, so nothing
   // needs a partition to keep its lane.
+  // Throws std::invalid_argument for zero lanes.
   static std::vector<std::size_t> assign(std::span<const InboundRecord> records,
                                          std::size_t lanes);
 
   std::size_t transactions_per_batch() const noexcept override { return lanes_.size(); }
 
  private:
+  // One lane's records in transactions of at most max_per_transaction_, in order. One that fails
+  // fails the share after the ones before it committed: as with lanes, the retried batch replays
+  // them.
+  std::vector<CommandResult> process_share(BatchProcessor& lane,
+                                           std::span<const InboundRecord> records) const;
+
   std::vector<BatchProcessor*> lanes_;
+  std::size_t max_per_transaction_;
 };
 
 }  // namespace dedup

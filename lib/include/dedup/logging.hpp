@@ -17,7 +17,8 @@ namespace dedup {
 
 enum class LogLevel { trace, debug, info, warn, error, critical };
 
-// Sets up the default logger. `level`: trace|debug|info|warn|error; `format`: json|text.
+// Sets up the default logger: synchronous, each line written before the call that logs it
+// returns. `level`: trace|debug|info|warn|error; `format`: json|text.
 // Throws ConfigError("--log-level" / "--log-format", ...) for other values.
 void configure_logging(std::string_view level, std::string_view format);
 

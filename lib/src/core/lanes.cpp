@@ -32,8 +32,10 @@ bool is_transient(const std::exception_ptr& error) {
 
 }  // namespace
 
-Lanes::Lanes(std::vector<BatchProcessor*> lanes) : lanes_(std::move(lanes)) {
+Lanes::Lanes(std::vector<BatchProcessor*> lanes, std::size_t max_per_transaction)
+    : lanes_(std::move(lanes)), max_per_transaction_(max_per_transaction) {
   if (lanes_.empty()) throw std::invalid_argument("Lanes: at least one lane");
+  if (max_per_transaction_ == 0) throw std::invalid_argument("Lanes: at least one record per transaction");
   for (const BatchProcessor* lane : lanes_) {
     if (lane == nullptr) throw std::invalid_argument("Lanes: null lane");
   }
@@ -41,6 +43,7 @@ Lanes::Lanes(std::vector<BatchProcessor*> lanes) : lanes_(std::move(lanes)) {
 
 std::vector<std::size_t> Lanes::assign(std::span<const InboundRecord> records,
                                        std::size_t lanes) {
+  if (lanes == 0) throw std::invalid_argument("Lanes::assign: at least one lane");
   using Partition = std::pair<std::string_view, std::int32_t>;
   // The batch's distinct partitions, sorted, with their records.
   std::vector<std::pair<Partition, std::size_t>> partitions;
@@ -83,8 +86,22 @@ std::vector<std::size_t> Lanes::assign(std::span<const InboundRecord> records,
   return lane_of_record;
 }
 
+std::vector<CommandResult> Lanes::process_share(BatchProcessor& lane,
+                                                std::span<const InboundRecord> records) const {
+  if (records.size() <= max_per_transaction_) return lane.process(records);
+  std::vector<CommandResult> results;
+  results.reserve(records.size());
+  for (std::size_t start = 0; start < records.size(); start += max_per_transaction_) {
+    auto part = lane.process(
+        records.subspan(start, std::min(max_per_transaction_, records.size() - start)));
+    results.insert(results.end(), std::make_move_iterator(part.begin()),
+                   std::make_move_iterator(part.end()));
+  }
+  return results;
+}
+
 std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records) {
-  if (lanes_.size() == 1) return lanes_[0]->process(records);
+  if (lanes_.size() == 1) return process_share(*lanes_[0], records);
 
   std::vector<Share> shares(lanes_.size());
   const std::vector<std::size_t> lane_of_record = assign(records, lanes_.size());
@@ -106,7 +123,7 @@ std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records
     }
     try {
       running[lane] = std::async(std::launch::async, [this, lane, &shares] {
-        return lanes_[lane]->process(shares[lane].records);
+        return process_share(*lanes_[lane], shares[lane].records);
       });
     } catch (const std::system_error&) {
       // No thread to be had: this lane runs on the caller's thread, after the others started.
@@ -119,7 +136,7 @@ std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records
   if (here < lanes_.size()) inline_lanes.insert(inline_lanes.begin(), here);
   for (const std::size_t lane : inline_lanes) {
     try {
-      answers[lane] = lanes_[lane]->process(shares[lane].records);
+      answers[lane] = process_share(*lanes_[lane], shares[lane].records);
     } catch (...) {
       errors.push_back(std::current_exception());
     }

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "dedup/errors.hpp"
 
@@ -16,9 +17,11 @@ namespace {
 using json = nlohmann::json;
 
 // The fields of the line log_event() is writing on this thread, as one dumped JSON object. They
-// travel beside the message rather than inside it (the logger formats on the caller's thread,
-// within log_event's call), so no text that a plain spdlog call logs can pass for fields; plain
-// spdlog calls elsewhere in the process still format, without fields.
+// travel beside the message rather than inside it, so no text that a plain spdlog call logs can
+// pass for fields; plain spdlog calls elsewhere in the process still format, without fields. This
+// needs the logger to format on the caller's thread, within log_event's call: it is synchronous
+// (configure_logging), as the audit line of a created entity must be out before its offset is
+// committed anyway.
 thread_local const std::string* t_fields = nullptr;
 
 std::string iso_time(spdlog::log_clock::time_point time) {
@@ -52,7 +55,8 @@ class StructuredFormatter final : public spdlog::formatter {
       }
     } else {
       line = fmt::format("{} {:<5} {}", iso_time(msg.time), level_name, message);
-      const auto parsed = fields.empty() ? json::object() : json::parse(fields);
+      auto parsed = json::parse(fields, nullptr, /*allow_exceptions=*/false);
+      if (!parsed.is_object()) parsed = json::object();  // none (a plain spdlog call)
       for (const auto& [key, value] : parsed.items()) {
         line += fmt::format(" {}={}", key,
                             value.is_string() ? value.get<std::string>()
@@ -127,20 +131,24 @@ void log_event(LogLevel level, std::string_view message, const json& fields) {
     if (!fields.contains("ts") && !fields.contains("level") && !fields.contains("msg")) {
       dumped = fields.dump(-1, ' ', false, json::error_handler_t::replace);
     } else {
-      // The line's own keys stay its own.
+      // The line's own keys stay its own; a renamed field takes a name no other field has.
       json renamed = fields;
       for (const char* key : {"ts", "level", "msg"}) {
         if (const auto found = renamed.find(key); found != renamed.end()) {
-          renamed[std::string("field_") + key] = std::move(*found);
+          std::string name = std::string("field_") + key;
+          while (renamed.contains(name)) name.insert(0, "field_");
+          json value = std::move(*found);
           renamed.erase(key);
+          renamed[name] = std::move(value);
         }
       }
       dumped = renamed.dump(-1, ' ', false, json::error_handler_t::replace);
     }
   }
   struct FieldsBeside {
-    explicit FieldsBeside(const std::string& text) { t_fields = &text; }
-    ~FieldsBeside() { t_fields = nullptr; }
+    explicit FieldsBeside(const std::string& text) : outer(std::exchange(t_fields, &text)) {}
+    ~FieldsBeside() { t_fields = outer; }
+    const std::string* outer;
     FieldsBeside(const FieldsBeside&) = delete;
     FieldsBeside& operator=(const FieldsBeside&) = delete;
   } beside(dumped);
