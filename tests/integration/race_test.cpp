@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -19,17 +20,32 @@
 namespace dedup {
 namespace {
 
+// The largest transaction the lanes ran (the processor reports each one's records).
+class LargestTransaction final : public Observer {
+ public:
+  void on_batch(std::size_t records) override {
+    std::size_t seen = largest.load();
+    while (records > seen && !largest.compare_exchange_weak(seen, records)) {
+    }
+  }
+  std::atomic<std::size_t> largest{0};
+};
+
 // --db-connections 4: one batch's lanes are four transactions at once; the same key sent on
 // several partitions of one batch lands in several lanes, which race for it like workers do.
+// The lanes' cap per transaction is a quarter of the batch, so a lane given more than its quarter
+// (random partitions rarely split evenly) runs two transactions: a key whose copies straddle them
+// is claimed by the first and replayed by the second.
 TEST(Race, FourLanesRacingOverOneKeyInOneBatchCreateOneEntityAndReplayTheSameResults) {
   constexpr int kLanes = 4;
   constexpr int kPartitions = 16;
   constexpr int kKeys = 2'000;
   constexpr int kCopies = 3;  // each key on 3 random partitions
   constexpr std::size_t kBatch = 400;
+  constexpr std::size_t kPerTransaction = kBatch / kLanes;
   test::TestSchema schema;
   SystemClock clock;
-  Observer observer;
+  LargestTransaction observer;
   std::vector<std::unique_ptr<PostgresKeyStore>> stores;
   std::vector<std::unique_ptr<Processor>> processors;
   std::vector<BatchProcessor*> lane_processors;
@@ -40,7 +56,7 @@ TEST(Race, FourLanesRacingOverOneKeyInOneBatchCreateOneEntityAndReplayTheSameRes
         std::make_unique<Processor>(schema.catalog(), *stores.back(), clock, observer, ParseOptions{}));
     lane_processors.push_back(processors.back().get());
   }
-  Lanes lanes(lane_processors);
+  Lanes lanes(lane_processors, kPerTransaction);
 
   // Copies of a key sit next to each other in the stream, so most batches hold all of them.
   std::mt19937 random(4242);
@@ -77,6 +93,7 @@ TEST(Race, FourLanesRacingOverOneKeyInOneBatchCreateOneEntityAndReplayTheSameRes
     }
   }
   EXPECT_EQ(created.size(), static_cast<std::size_t>(kKeys));
+  EXPECT_EQ(observer.largest.load(), kPerTransaction) << "no lane transaction above the cap, and some at it";
   for (const auto& result : first) {
     EXPECT_EQ(result.entity, created.at(*result.idempotency_key)) << "one entity per key";
   }
