@@ -99,8 +99,6 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   const auto catalog = dedup::CommandCatalog::from_file(flags.config);
   const auto key_ttl = dedup::parse_duration(flags.key_ttl, "--key-ttl");
   if (flags.max_message_bytes == 0) throw ConfigError("--max-message-bytes", "must be at least 1");
-  // Before the lanes, which take it as their cap per transaction (WorkerOptions checks it again).
-  if (flags.max_batch == 0) throw ConfigError("--max-batch", "must be at least 1");
   if (flags.db_connections < 1 || flags.db_connections > kMaxDbConnections) {
     throw ConfigError("--db-connections",
                       fmt::format("must be between 1 and {}", kMaxDbConnections));
@@ -116,22 +114,6 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   dedup::ParseOptions parse_options;
   parse_options.max_message_bytes = flags.max_message_bytes;
   if (!flags.default_scope.empty()) parse_options.default_scope = flags.default_scope;
-  // --db-connections N: N lanes, each a processor over its own key store and connection.
-  std::vector<std::unique_ptr<dedup::PostgresKeyStore>> stores;
-  std::vector<std::unique_ptr<dedup::Processor>> processors;
-  std::vector<dedup::BatchProcessor*> lanes;
-  for (std::size_t lane = 0; lane < flags.db_connections; ++lane) {
-    stores.push_back(std::make_unique<dedup::PostgresKeyStore>(
-        dedup::PostgresOptions{
-            .conninfo = database.db,
-            .schema = database.schema,
-            .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
-        catalog, &observer));
-    processors.push_back(
-        std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, observer, parse_options));
-    lanes.push_back(processors.back().get());
-  }
-  dedup::Lanes processor(std::move(lanes), flags.max_batch);
 
   dedup::WorkerOptions options;
   options.brokers = flags.brokers;
@@ -152,6 +134,27 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   options.cleanup = [&] {
     observer.on_keys_expired(dedup::cleanup_expired_keys(database.db, database.schema, clock.now()));
   };
+  // Checked before any connection is made: a bad flag stops start-up naming it, whatever the
+  // database or the broker would have said (the lanes also take --max-batch as their cap).
+  options = dedup::checked(std::move(options));
+
+  // --db-connections N: N lanes, each a processor over its own key store and connection.
+  std::vector<std::unique_ptr<dedup::PostgresKeyStore>> stores;
+  std::vector<std::unique_ptr<dedup::Processor>> processors;
+  std::vector<dedup::BatchProcessor*> lanes;
+  for (std::size_t lane = 0; lane < flags.db_connections; ++lane) {
+    stores.push_back(std::make_unique<dedup::PostgresKeyStore>(
+        dedup::PostgresOptions{
+            .conninfo = database.db,
+            .schema = database.schema,
+            .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
+        catalog, &observer));
+    processors.push_back(
+        std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, observer, parse_options));
+    lanes.push_back(processors.back().get());
+  }
+
+  dedup::Lanes processor(std::move(lanes), options.max_batch_records);
   // SPEC §4: warn when the key TTL does not outlive the commands topic's retention. Off the
   // start-up path: a broker that does not answer (the dev broker never does) costs no time.
   std::jthread ttl_check([&](const std::stop_token& stop) {

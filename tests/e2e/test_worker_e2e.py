@@ -420,6 +420,20 @@ class CommandLineTest(E2ETestCase):
                 out = self.run_cli(*self.run_args(), env=env)
                 self.assertEqual(out.returncode, 2, f"{name}: stderr={out.stderr!r}")
                 self.assertIn(field, out.stderr, name)
+        # A bad flag is named before any connection is tried: a database that cannot be reached
+        # must not hide it behind "cannot connect" (exit 1).
+        unreachable_db = ["--log-format", "text", "run", "--brokers", self.broker.bootstrap,
+                          "--db", f"host=127.0.0.1 port={harness.free_port()} connect_timeout=2",
+                          "--config", CONFIG_YAML, "--metrics-addr", f"127.0.0.1:{harness.free_port()}"]
+        for name, extra, field in [
+            ("--max-batch 0, database down", ["--max-batch", "0"], "--max-batch"),
+            ("results = commands, database down", ["--results-topic", "commands"], "--results-topic"),
+            ("--cleanup-interval 0, database down", ["--cleanup-interval", "0s"], "--cleanup-interval"),
+        ]:
+            with self.subTest(name):
+                out = self.run_cli(*unreachable_db, *extra)
+                self.assertEqual(out.returncode, 2, f"{name}: stderr={out.stderr!r}")
+                self.assertIn(field, out.stderr, name)
         with self.subTest("bad DEDUP_KEY_TTL env var"):
             out = self.run_cli(*self.run_args(), env={"DEDUP_KEY_TTL": "soon"})
             self.assertEqual(out.returncode, 2, out.stderr)

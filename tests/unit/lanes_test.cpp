@@ -192,6 +192,19 @@ TEST(LanesTest, ALaneWithMoreThanABatchRunsTransactionsOfAtMostOneBatch) {
     EXPECT_EQ(lanes[0].calls, (std::vector<std::size_t>{3, 3, 1})) << lanes_count << " lane(s)";
     EXPECT_EQ(lanes[0].offsets, (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6}));
   }
+  // A transaction of the share that fails fails the batch (to be retried whole: the ones before
+  // it committed and replay), and none after it runs.
+  struct FailingSecond final : BatchProcessor {
+    std::vector<std::size_t> calls;
+    std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
+      calls.push_back(records.size());
+      if (calls.size() == 2) throw TransientDatabaseError("connection lost", "08006");
+      return std::vector<CommandResult>(records.size());
+    }
+  } failing;
+  Lanes one_lane({&failing}, 3);
+  EXPECT_THROW(one_lane.process(records_over(1, 7)), TransientDatabaseError);
+  EXPECT_EQ(failing.calls, (std::vector<std::size_t>{3, 3}));
   CountingLane spare;
   EXPECT_THROW(Lanes({&spare}, 0), std::invalid_argument);
   EXPECT_THROW(Lanes::assign(records_over(2, 1), 0), std::invalid_argument);

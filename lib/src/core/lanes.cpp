@@ -59,7 +59,12 @@ std::vector<std::size_t> Lanes::assign(std::span<const InboundRecord> records,
         [](const auto& entry, const Partition& p) { return entry.first < p; });
     return static_cast<std::size_t>(at - partitions.begin());
   };
-  for (const InboundRecord& record : records) ++partitions[index_of(record)].second;
+  std::vector<std::size_t> partition_of_record;
+  partition_of_record.reserve(records.size());
+  for (const InboundRecord& record : records) {
+    partition_of_record.push_back(index_of(record));
+    ++partitions[partition_of_record.back()].second;
+  }
 
   // Largest partition first, each to the lane with the fewest records so far (ties: the lower
   // lane). A batch is done when its slowest lane is: a lane given two large partitions while
@@ -80,9 +85,7 @@ std::vector<std::size_t> Lanes::assign(std::span<const InboundRecord> records,
 
   std::vector<std::size_t> lane_of_record;
   lane_of_record.reserve(records.size());
-  for (const InboundRecord& record : records) {
-    lane_of_record.push_back(lane_of_partition[index_of(record)]);
-  }
+  for (const std::size_t p : partition_of_record) lane_of_record.push_back(lane_of_partition[p]);
   return lane_of_record;
 }
 

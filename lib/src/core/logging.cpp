@@ -124,8 +124,7 @@ bool log_enabled(LogLevel level) {
 }
 
 void log_event(LogLevel level, std::string_view message, const json& fields) {
-  const auto spd = to_spdlog(level);
-  if (!spdlog::default_logger_raw()->should_log(spd)) return;
+  if (!log_enabled(level)) return;
   std::string dumped;
   if (fields.is_object() && !fields.empty()) {
     if (!fields.contains("ts") && !fields.contains("level") && !fields.contains("msg")) {
@@ -152,7 +151,7 @@ void log_event(LogLevel level, std::string_view message, const json& fields) {
     FieldsBeside(const FieldsBeside&) = delete;
     FieldsBeside& operator=(const FieldsBeside&) = delete;
   } beside(dumped);
-  spdlog::default_logger_raw()->log(spd, "{}", message);
+  spdlog::default_logger_raw()->log(to_spdlog(level), "{}", message);
 }
 
 RateLimiter::RateLimiter(double per_second)
