@@ -74,11 +74,20 @@ EVENT = re.compile(r"^(\S+)\s+\w+\s+kafka: (assigned|revoked|lost) (\d+) partiti
 Event = collections.namedtuple("Event", "at kind changed held")
 
 
-def partition_events(worker):
+STOPPING = "worker stopping:"
+
+
+def partition_events(worker, while_running=False):
     """The worker's assignment changes, in order: (wall-clock time, assigned|revoked|lost, number
-    of partitions changed, number held afterwards)."""
+    of partitions changed, number held afterwards). while_running: only those logged before the
+    worker began to stop (the order of its log, not the test's clock: the stamps have millisecond
+    resolution, so a revocation at shutdown can carry a stamp earlier than the moment the test
+    sent the signal)."""
+    text = worker.log_text()
+    if while_running and STOPPING in text:
+        text = text[:text.index(STOPPING)]
     events = []
-    for match in EVENT.finditer(worker.log_text()):
+    for match in EVENT.finditer(text):
         at = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
         events.append(Event(at, match.group(2), int(match.group(3)), int(match.group(4))))
     return events
@@ -271,23 +280,23 @@ class GroupChurnTest(RealKafkaGroupCase):
         self.wait_more(150)
         d = join("d")                                   # four members, six partitions
         self.wait_more(150)
-        stopped_at = {}
-        stopped_at[a] = time.time()
+        stopped_at = time.time()
         a.kill(signal.SIGTERM)                          # leaves the group: an immediate rebalance
         self.assertEqual(a.wait(45), 0, self.logs())
-        handover([b, c, d], stopped_at[a], "leave (SIGTERM)")
+        handover([b, c, d], stopped_at, "leave (SIGTERM)")
         self.assertTrue(feeder.is_alive(), "the load ended before the SIGKILL")
-        stopped_at[b] = time.time()
+        stopped_at = time.time()
         b.kill(signal.SIGKILL)                          # no goodbye: the session times out
         b.wait(10)
-        handover([c, d], stopped_at[b], "SIGKILL")
+        handover([c, d], stopped_at, "SIGKILL")
         self.finish(workload, feeder, watcher)
         for worker in (c, d):
             self.assertIsNone(worker.process.poll(), self.logs())
 
         # What each running member went through at the membership changes.
-        events = {w: partition_events(w) for w in (a, b, c, d)}
-        running = {w: [e for e in evs if e.at < stopped_at.get(w, float("inf"))] for w, evs in events.items()}
+        # a's log ends with the revocation of its shutdown, b's (SIGKILLed) with whatever came
+        # before the kill.
+        running = {w: partition_events(w, while_running=True) for w in (a, b, c, d)}
         revokes = [(w, e) for w, evs in running.items() for e in evs if e.kind in ("revoked", "lost")]
         stop_the_world = [(w, e) for w, e in revokes if e.held == 0]
         incremental = [(w, e) for w, e in revokes if e.held > 0]
