@@ -7,6 +7,7 @@ dedup_component(kafka
     src/kafka/client_common.cpp
     src/kafka/consumer.cpp
     src/kafka/handles.cpp
+    src/kafka/partition_stash.cpp
     src/kafka/producer.cpp
     src/kafka/settings.cpp
   PUBLIC_LIBS dedup::core

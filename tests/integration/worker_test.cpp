@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -36,7 +37,7 @@ bool eventually(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
 // A worker on its own thread, as main() would run it.
 class RunningWorker {
  public:
-  RunningWorker(WorkerOptions options, Processor& processor, Observer& observer)
+  RunningWorker(WorkerOptions options, BatchProcessor& processor, Observer& observer)
       : worker_(std::move(options), processor, observer),
         thread_([this] { status_ = worker_.run(); }) {}
   ~RunningWorker() {
@@ -352,6 +353,79 @@ TEST_F(WorkerTest, RevokedPartitionsAreDroppedFromAStuckBatchAndServedByTheirNew
   }));
   EXPECT_EQ(b.stop(), 0);
   EXPECT_EQ(a.stop(), 0);
+}
+
+// Lanes take whole partitions, so a poll of N batches must span partitions. librdkafka queues a
+// fetched partition's records in runs (a real broker sends up to 1 MiB of each): taken in fetch
+// order, this backlog's polls of 2 × 100 held 200 records of one partition each, and one lane did
+// all the work. With more than one transaction per batch, a batch takes at most --max-batch from
+// each partition before it takes more from any.
+TEST_F(WorkerTest, WithLanesABacklogBatchTakesAtMostOneBatchFromEachPartition) {
+  // Counts each batch's records per partition, then processes it as one lane would.
+  class TwoLanes final : public BatchProcessor {
+   public:
+    explicit TwoLanes(BatchProcessor& inner) : inner_(inner) {}
+    std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
+      std::map<std::int32_t, std::size_t> per_partition;
+      for (const InboundRecord& r : records) ++per_partition[r.source.partition];
+      bool first = false;
+      {
+        std::lock_guard lock(mutex_);
+        first = batches_.empty();
+        batches_.push_back(per_partition);
+      }
+      // The first poll may see one partition's records only; while it is "processed", librdkafka
+      // fetches the rest of the backlog of both.
+      if (first) std::this_thread::sleep_for(1s);
+      return inner_.process(records);
+    }
+    std::size_t transactions_per_batch() const noexcept override { return 2; }
+    std::vector<std::map<std::int32_t, std::size_t>> batches() {
+      std::lock_guard lock(mutex_);
+      return batches_;
+    }
+
+   private:
+    BatchProcessor& inner_;
+    std::mutex mutex_;
+    std::vector<std::map<std::int32_t, std::size_t>> batches_;
+  } lanes(processor_);
+
+  std::vector<OutboundRecord> input;
+  for (int partition = 0; partition < 2; ++partition) {
+    for (int i = 0; i < 600; ++i) {
+      input.push_back(command("p" + std::to_string(partition) + "-" + std::to_string(i)));
+      input.back().partition = partition;
+    }
+  }
+  test::write_records(brokers_, input);  // all of it before the worker's first fetch
+
+  WorkerOptions o = options();
+  o.max_batch_records = 100;
+  RunningWorker running(o, lanes, observer_);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_EQ(running.stop(), 0);
+
+  const auto batches = lanes.batches();
+  ASSERT_FALSE(batches.empty());
+  // After the first poll (which may have had one partition's records only), batches take 100 of
+  // each until one partition runs out: at least 4 of the 6 polls of this backlog (at least 400
+  // records of each partition remain after the first poll).
+  std::size_t even = 0;
+  std::string seen;
+  for (const auto& batch : batches) {
+    std::size_t records = 0;
+    seen += " {";
+    for (const auto& [partition, count] : batch) {
+      records += count;
+      seen += " " + std::to_string(partition) + ":" + std::to_string(count);
+    }
+    seen += " }";
+    EXPECT_LE(records, 200u);
+    if (batch == std::map<std::int32_t, std::size_t>{{0, 100}, {1, 100}}) ++even;
+  }
+  EXPECT_GE(even, 4u) << "batches (partition:records):" << seen;
+  EXPECT_EQ(total_committed(), static_cast<std::int64_t>(input.size()));
 }
 
 TEST_F(WorkerTest, RefusesAConfigurationThatWouldLoopOrLoseGuarantees) {

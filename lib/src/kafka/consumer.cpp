@@ -49,10 +49,6 @@ InboundRecord to_inbound_record(const rd_kafka_message_t* message) {
 
 namespace {
 
-std::size_t record_bytes(const InboundRecord& record) {
-  return (record.key ? record.key->size() : 0) + (record.value ? record.value->size() : 0);
-}
-
 std::set<TopicPartition> to_set(const rd_kafka_topic_partition_list_t* list) {
   std::set<TopicPartition> out;
   for (int i = 0; list != nullptr && i < list->cnt; ++i) {
@@ -82,7 +78,8 @@ std::vector<PartitionOffset> next_offsets(std::span<const InboundRecord> records
   return out;
 }
 
-Consumer::Consumer(const ConsumerOptions& options, Observer& observer) : observer_(observer) {
+Consumer::Consumer(const ConsumerOptions& options, Observer& observer)
+    : observer_(observer), stash_(options.per_partition_in_batch) {
   const KafkaSettings defaults{
       {config_key::kBootstrapServers, options.brokers},
       {config_key::kClientId, options.client_id},
@@ -185,9 +182,7 @@ void Consumer::forget(const std::set<TopicPartition>& partitions) {
   }
   // Fetched-but-unhandled records of these partitions are dropped: after a reassignment, fetching
   // restarts from the committed offset, so keeping them would hand them out twice.
-  std::erase_if(stash_, [&](const InboundRecord& r) {
-    return partitions.contains({r.source.topic, r.source.partition});
-  });
+  stash_.forget(partitions);
 }
 
 bool Consumer::poll_one(std::chrono::milliseconds timeout) {
@@ -199,7 +194,7 @@ bool Consumer::poll_one(std::chrono::milliseconds timeout) {
     // A message of a partition that is not assigned (librdkafka discards those; belt and braces)
     // keeps assignment 0, which drop_unowned removes.
     if (owner != assigned_.end()) record.assignment = owner->second;
-    stash_.push_back(std::move(record));
+    stash_.push(std::move(record));
     return true;
   }
   if (message->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return false;
@@ -220,20 +215,12 @@ std::vector<InboundRecord> Consumer::poll_batch(std::size_t max_records, std::si
     if (left <= std::chrono::milliseconds::zero()) break;
     poll_one(std::min(left, kPollSlice));
   }
-  // Take what is already fetched, without waiting.
-  while (stash_.size() < max_records && poll_one(std::chrono::milliseconds::zero())) {
+  // Take what is already fetched, without waiting; with a per-partition limit, read on (up to
+  // max_bytes) until the batch need not take more than that from any partition.
+  while (stash_.takeable() < max_records && stash_.bytes() < max_bytes &&
+         poll_one(std::chrono::milliseconds::zero())) {
   }
-
-  std::vector<InboundRecord> batch;
-  std::size_t total = 0;
-  while (!stash_.empty() && batch.size() < max_records) {
-    const std::size_t size = record_bytes(stash_.front());
-    if (!batch.empty() && total + size > max_bytes) break;
-    total += size;
-    batch.push_back(std::move(stash_.front()));
-    stash_.pop_front();
-  }
-  return batch;
+  return stash_.take(max_records, max_bytes);
 }
 
 void Consumer::serve(std::chrono::milliseconds duration) {
@@ -365,10 +352,7 @@ void Consumer::report_lag() noexcept {
     if (list->cnt == 0) return;
     rd_kafka_position(handle_.get(), list.get());
     // Records fetched but not yet handed to the worker are not progress.
-    std::map<TopicPartition, std::int64_t> stashed_from;
-    for (const InboundRecord& r : stash_) {
-      stashed_from.try_emplace({r.source.topic, r.source.partition}, r.source.offset);
-    }
+    const std::map<TopicPartition, std::int64_t> stashed_from = stash_.first_offsets();
     for (int i = 0; i < list->cnt; ++i) {
       const auto& elem = list->elems[i];
       std::int64_t low = -1;

@@ -67,10 +67,13 @@ Worker::Worker(WorkerOptions options, BatchProcessor& processor, Observer& obser
   }
   output_topics_ = {options_.results_topic, options_.dlq_topic,
                     producer_->max_message_bytes() - kFramingAllowance};
-  consumer_ = std::make_unique<kafka::Consumer>(
-      kafka::ConsumerOptions{
-          options_.brokers, options_.group, {options_.commands_topic}, options_.kafka_settings},
-      observer_);
+  kafka::ConsumerOptions consumer_options{
+      options_.brokers, options_.group, {options_.commands_topic}, options_.kafka_settings};
+  if (processor_.transactions_per_batch() > 1) {
+    // Lanes take whole partitions: a poll of N batches must span partitions to keep N busy.
+    consumer_options.per_partition_in_batch = options_.max_batch_records;
+  }
+  consumer_ = std::make_unique<kafka::Consumer>(consumer_options, observer_);
 }
 
 Worker::~Worker() = default;

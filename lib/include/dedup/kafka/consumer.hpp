@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -16,12 +17,11 @@
 #include <vector>
 
 #include "dedup/kafka/handles.hpp"
+#include "dedup/kafka/partition_stash.hpp"
 #include "dedup/observer.hpp"
 #include "dedup/record.hpp"
 
 namespace dedup::kafka {
-
-using TopicPartition = std::pair<std::string, std::int32_t>;
 
 // The offset to commit for a partition: the next one to read (last processed + 1).
 struct PartitionOffset {
@@ -49,6 +49,9 @@ struct ConsumerOptions {
   std::vector<std::string> topics;
   KafkaSettings settings;  // -X passthrough, applied after our defaults
   std::string client_id = "dedup-worker";
+  // How many records of one partition a batch takes before it turns to other partitions
+  // (PartitionStash); no limit: fetch order.
+  std::size_t per_partition_in_batch = std::numeric_limits<std::size_t>::max();
 };
 
 class Consumer {
@@ -70,6 +73,9 @@ class Consumer {
   // to `max_records` records and `max_bytes` of keys + values (at least one record, however
   // large). Not waiting to fill the batch keeps latency low when idle; under load the fetch queue
   // fills while a batch is processed, so batches grow by themselves. Per-partition order is kept.
+  // With a per_partition_in_batch limit, it reads ahead (up to `max_bytes` more, fetched already)
+  // past one partition's run for others, and the batch takes at most that many records from each
+  // partition before it takes more from any (PartitionStash::take).
   // Rebalance callbacks run inside this call. Throws KafkaError(fatal = true) on a fatal error;
   // other consumer errors are reported to the observer and logged.
   std::vector<InboundRecord> poll_batch(std::size_t max_records, std::size_t max_bytes,
@@ -161,7 +167,7 @@ class Consumer {
   std::map<TopicPartition, std::uint64_t> assigned_;
   std::uint64_t assignments_made_ = 0;
   std::atomic<std::size_t> assigned_count_{0};
-  std::deque<InboundRecord> stash_;  // fetched but not yet handed out, in fetch order
+  PartitionStash stash_;  // fetched but not yet handed out
   bool paused_ = false;
   bool closed_ = false;
   AccessError access_error_;
