@@ -132,6 +132,25 @@ TEST(PartitionStash, FirstOffsetsAreEachPartitionsNextRecord) {
             (std::map<TopicPartition, std::int64_t>{{{"commands", 0}, 2}, {{"commands", 1}, 1}}));
 }
 
+// Reading ahead stops at a memory bound: key + value alone would let records with empty values
+// and large headers (or just many empty records) pile up without limit.
+TEST(PartitionStash, MemoryCountsHeadersAndOverheadNotOnlyKeyAndValue) {
+  PartitionStash stash(2);
+  stash.push(test::record_raw(std::nullopt, {"commands", 0, 0},
+                              {test::header("h", std::string(10'000, 'x'))}));
+  for (int o = 1; o <= 100; ++o) stash.push(test::record_raw(std::string(), {"commands", 0, o}));
+  EXPECT_EQ(stash.bytes(), 0u);
+  const std::size_t empty_record =
+      PartitionStash::memory_bytes(test::record_raw(std::string(), {"commands", 0, 1}));
+  EXPECT_GE(empty_record, 64u);
+  EXPECT_GE(stash.memory(), 10'000u + 101 * empty_record);
+  (void)stash.take(1, 1 << 20);  // the one with the header
+  EXPECT_EQ(stash.memory(), 100 * empty_record);
+  stash.forget({{"commands", 0}});
+  EXPECT_EQ(stash.memory(), 0u);
+  EXPECT_TRUE(stash.empty());
+}
+
 TEST(PartitionStash, ZeroPerPartitionIsRefused) {
   EXPECT_THROW(PartitionStash(0), std::invalid_argument);
 }

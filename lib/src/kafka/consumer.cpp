@@ -215,9 +215,10 @@ std::vector<InboundRecord> Consumer::poll_batch(std::size_t max_records, std::si
     if (left <= std::chrono::milliseconds::zero()) break;
     poll_one(std::min(left, kPollSlice));
   }
-  // Take what is already fetched, without waiting; with a per-partition limit, read on (up to
-  // max_bytes) until the batch need not take more than that from any partition.
-  while (stash_.takeable() < max_records && stash_.bytes() < max_bytes &&
+  // Take what is already fetched, without waiting; with a per-partition limit, read on (while
+  // the stash holds less than max_bytes of memory, headers and overhead included) until the batch
+  // need not take more than that from any partition.
+  while (stash_.takeable() < max_records && stash_.memory() < max_bytes &&
          poll_one(std::chrono::milliseconds::zero())) {
   }
   return stash_.take(max_records, max_bytes);

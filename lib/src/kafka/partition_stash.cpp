@@ -4,6 +4,13 @@
 #include <stdexcept>
 
 namespace dedup::kafka {
+namespace {
+
+// An InboundRecord, its deque slot and the strings' heap blocks, roughly: what a record with an
+// empty value and no headers still costs.
+constexpr std::size_t kRecordOverhead = 256;
+
+}  // namespace
 
 PartitionStash::PartitionStash(std::size_t per_partition) : per_partition_(per_partition) {
   if (per_partition_ == 0) throw std::invalid_argument("PartitionStash: at least one record per partition");
@@ -13,12 +20,24 @@ std::size_t PartitionStash::record_bytes(const InboundRecord& record) noexcept {
   return (record.key ? record.key->size() : 0) + (record.value ? record.value->size() : 0);
 }
 
+std::size_t PartitionStash::memory_bytes(const InboundRecord& record) noexcept {
+  std::size_t total = kRecordOverhead + record_bytes(record) + record.source.topic.size();
+  for (const RecordHeader& header : record.headers) {
+    total += sizeof(RecordHeader) + header.name.size() + (header.value ? header.value->size() : 0);
+  }
+  return total;
+}
+
 void PartitionStash::push(InboundRecord record) {
   auto& queue = partitions_[{record.source.topic, record.source.partition}];
-  if (queue.size() < per_partition_) ++takeable_;
-  bytes_ += record_bytes(record);
+  const std::size_t size = record_bytes(record);
+  const std::size_t memory = memory_bytes(record);
+  queue.push_back({arrivals_, std::move(record)});  // may throw: counters after it
+  ++arrivals_;
+  if (queue.size() <= per_partition_) ++takeable_;
+  bytes_ += size;
+  memory_ += memory;
   ++records_;
-  queue.push_back({arrivals_++, std::move(record)});
 }
 
 std::vector<InboundRecord> PartitionStash::take(std::size_t max_records, std::size_t max_bytes) {
@@ -36,11 +55,13 @@ std::vector<InboundRecord> PartitionStash::take(std::size_t max_records, std::si
     for (std::size_t taken = 0; taken < limit && !queue.empty(); ++taken) {
       const std::size_t size = record_bytes(queue.front().record);
       if (batch.size() >= max_records || (!batch.empty() && total + size > max_bytes)) return false;
+      const std::size_t memory = memory_bytes(queue.front().record);
+      batch.push_back(std::move(queue.front().record));  // may throw: counters after it
+      queue.pop_front();
       total += size;
       bytes_ -= size;
+      memory_ -= memory;
       --records_;
-      batch.push_back(std::move(queue.front().record));
-      queue.pop_front();
     }
     return batch.size() < max_records;
   };
@@ -60,7 +81,10 @@ void PartitionStash::forget(const std::set<TopicPartition>& partitions) {
   for (const TopicPartition& partition : partitions) {
     const auto found = partitions_.find(partition);
     if (found == partitions_.end()) continue;
-    for (const Stashed& stashed : found->second) bytes_ -= record_bytes(stashed.record);
+    for (const Stashed& stashed : found->second) {
+      bytes_ -= record_bytes(stashed.record);
+      memory_ -= memory_bytes(stashed.record);
+    }
     records_ -= found->second.size();
     partitions_.erase(found);
   }

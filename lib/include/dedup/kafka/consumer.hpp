@@ -50,7 +50,7 @@ struct ConsumerOptions {
   KafkaSettings settings;  // -X passthrough, applied after our defaults
   std::string client_id = "dedup-worker";
   // How many records of one partition a batch takes before it turns to other partitions
-  // (PartitionStash); no limit: fetch order.
+  // (PartitionStash); no limit: a batch fills up as before, without reading ahead.
   std::size_t per_partition_in_batch = std::numeric_limits<std::size_t>::max();
 };
 
@@ -73,9 +73,10 @@ class Consumer {
   // to `max_records` records and `max_bytes` of keys + values (at least one record, however
   // large). Not waiting to fill the batch keeps latency low when idle; under load the fetch queue
   // fills while a batch is processed, so batches grow by themselves. Per-partition order is kept.
-  // With a per_partition_in_batch limit, it reads ahead (up to `max_bytes` more, fetched already)
-  // past one partition's run for others, and the batch takes at most that many records from each
-  // partition before it takes more from any (PartitionStash::take).
+  // With a per_partition_in_batch limit, it reads ahead through what is fetched already (up to
+  // `max_bytes` of memory, headers and overhead included) past one partition's run for others,
+  // and the batch takes at most that many records from each partition before it takes more from
+  // any (PartitionStash::take).
   // Rebalance callbacks run inside this call. Throws KafkaError(fatal = true) on a fatal error;
   // other consumer errors are reported to the observer and logged.
   std::vector<InboundRecord> poll_batch(std::size_t max_records, std::size_t max_bytes,

@@ -26,14 +26,18 @@ using TopicPartition = std::pair<std::string, std::int32_t>;
 class PartitionStash {
  public:
   // `per_partition`: how many records of one partition a batch takes before it turns to the
-  // others (no limit: plain fetch order). A batch still fills up from fewer partitions.
+  // others (no limit: each partition's records in one go, oldest partition first). A batch still
+  // fills up from fewer partitions.
   explicit PartitionStash(std::size_t per_partition = std::numeric_limits<std::size_t>::max());
 
   void push(InboundRecord record);
   bool empty() const noexcept { return records_ == 0; }
   std::size_t size() const noexcept { return records_; }
-  // Keys + values of the stashed records (record_bytes).
+  // Keys + values of the stashed records (record_bytes), as a batch counts them.
   std::size_t bytes() const noexcept { return bytes_; }
+  // The memory the stashed records hold (memory_bytes): what bounds reading ahead. Key + value
+  // alone would let records with empty values and large headers pile up unbounded.
+  std::size_t memory() const noexcept { return memory_; }
   // How many records a batch could take within the first, per-partition round: the sum over
   // partitions of min(stashed, per_partition). Fetching on until this reaches the batch size
   // looks past one partition's run for the others.
@@ -42,7 +46,7 @@ class PartitionStash {
   // Up to `max_records` records and `max_bytes` of keys + values (at least one record, however
   // large): partitions in the order of their oldest stashed record, at most `per_partition` from
   // each, then, if room is left, more from each in the same order. Each partition's records come
-  // out in the order they were pushed, and grouped by partition.
+  // out in the order they were pushed (the order across partitions is not fetch order).
   std::vector<InboundRecord> take(std::size_t max_records, std::size_t max_bytes);
 
   // Drops every stashed record of these partitions (revoked or lost).
@@ -51,8 +55,10 @@ class PartitionStash {
   // The offset of each partition's first stashed record.
   std::map<TopicPartition, std::int64_t> first_offsets() const;
 
-  // What take() counts against max_bytes.
+  // What take() counts against max_bytes: key + value.
   static std::size_t record_bytes(const InboundRecord& record) noexcept;
+  // Key, value, headers and a fixed allowance for the record's own structures.
+  static std::size_t memory_bytes(const InboundRecord& record) noexcept;
 
  private:
   struct Stashed {
@@ -66,6 +72,7 @@ class PartitionStash {
   std::uint64_t arrivals_ = 0;
   std::size_t records_ = 0;
   std::size_t bytes_ = 0;
+  std::size_t memory_ = 0;
   std::size_t takeable_ = 0;
 };
 
