@@ -10,14 +10,15 @@ namespace {
 // empty value and no headers still costs.
 constexpr std::size_t kRecordOverhead = 256;
 
+// What a batch counts against its byte limit: key + value.
+std::size_t record_bytes(const InboundRecord& record) noexcept {
+  return (record.key ? record.key->size() : 0) + (record.value ? record.value->size() : 0);
+}
+
 }  // namespace
 
 PartitionStash::PartitionStash(std::size_t per_partition) : per_partition_(per_partition) {
   if (per_partition_ == 0) throw std::invalid_argument("PartitionStash: at least one record per partition");
-}
-
-std::size_t PartitionStash::record_bytes(const InboundRecord& record) noexcept {
-  return (record.key ? record.key->size() : 0) + (record.value ? record.value->size() : 0);
 }
 
 std::size_t PartitionStash::memory_bytes(const InboundRecord& record) noexcept {
@@ -30,12 +31,10 @@ std::size_t PartitionStash::memory_bytes(const InboundRecord& record) noexcept {
 
 void PartitionStash::push(InboundRecord record) {
   auto& queue = partitions_[{record.source.topic, record.source.partition}];
-  const std::size_t size = record_bytes(record);
   const std::size_t memory = memory_bytes(record);
   queue.push_back({arrivals_, std::move(record)});  // may throw: counters after it
   ++arrivals_;
   if (queue.size() <= per_partition_) ++takeable_;
-  bytes_ += size;
   memory_ += memory;
   ++records_;
 }
@@ -59,7 +58,6 @@ std::vector<InboundRecord> PartitionStash::take(std::size_t max_records, std::si
       batch.push_back(std::move(queue.front().record));  // may throw: counters after it
       queue.pop_front();
       total += size;
-      bytes_ -= size;
       memory_ -= memory;
       --records_;
     }
@@ -81,10 +79,7 @@ void PartitionStash::forget(const std::set<TopicPartition>& partitions) {
   for (const TopicPartition& partition : partitions) {
     const auto found = partitions_.find(partition);
     if (found == partitions_.end()) continue;
-    for (const Stashed& stashed : found->second) {
-      bytes_ -= record_bytes(stashed.record);
-      memory_ -= memory_bytes(stashed.record);
-    }
+    for (const Stashed& stashed : found->second) memory_ -= memory_bytes(stashed.record);
     records_ -= found->second.size();
     partitions_.erase(found);
   }

@@ -33,8 +33,6 @@ class PartitionStash {
   void push(InboundRecord record);
   bool empty() const noexcept { return records_ == 0; }
   std::size_t size() const noexcept { return records_; }
-  // Keys + values of the stashed records (record_bytes), as a batch counts them.
-  std::size_t bytes() const noexcept { return bytes_; }
   // The memory the stashed records hold (memory_bytes): what bounds reading ahead. Key + value
   // alone would let records with empty values and large headers pile up unbounded.
   std::size_t memory() const noexcept { return memory_; }
@@ -55,8 +53,6 @@ class PartitionStash {
   // The offset of each partition's first stashed record.
   std::map<TopicPartition, std::int64_t> first_offsets() const;
 
-  // What take() counts against max_bytes: key + value.
-  static std::size_t record_bytes(const InboundRecord& record) noexcept;
   // Key, value, headers and a fixed allowance for the record's own structures.
   static std::size_t memory_bytes(const InboundRecord& record) noexcept;
 
@@ -71,7 +67,6 @@ class PartitionStash {
   std::map<TopicPartition, std::deque<Stashed>> partitions_;
   std::uint64_t arrivals_ = 0;
   std::size_t records_ = 0;
-  std::size_t bytes_ = 0;
   std::size_t memory_ = 0;
   std::size_t takeable_ = 0;
 };
