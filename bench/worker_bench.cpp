@@ -36,7 +36,7 @@
 
 #include "dedup/kafka/handles.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
-#include "dedup/lanes.hpp"
+#include "dedup/database_lanes.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
@@ -444,17 +444,8 @@ int main(int argc, char** argv) try {
   Recorder recorder;
   dedup::SystemClock clock;
   // As worker/main.cpp's run_worker: N lanes, each a processor over its own key store.
-  std::vector<std::unique_ptr<dedup::PostgresKeyStore>> stores;
-  std::vector<std::unique_ptr<dedup::Processor>> processors;
-  std::vector<dedup::BatchProcessor*> lane_list;
-  for (std::size_t lane = 0; lane < lanes_count; ++lane) {
-    stores.push_back(std::make_unique<dedup::PostgresKeyStore>(
-        dedup::PostgresOptions{.conninfo = options.db, .schema = schema}, catalog, &recorder));
-    processors.push_back(std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, recorder,
-                                                            dedup::ParseOptions{}));
-    lane_list.push_back(processors.back().get());
-  }
-  dedup::Lanes lanes(std::move(lane_list), options.max_batch);
+  dedup::DatabaseLanes lanes(lanes_count, dedup::PostgresOptions{.conninfo = options.db, .schema = schema},
+                             catalog, clock, recorder, dedup::ParseOptions{}, options.max_batch);
   CountedBatches processor(lanes, recorder);
   dedup::WorkerOptions worker_options;
   worker_options.brokers = brokers;

@@ -2,6 +2,7 @@ dedup_component(postgres
   SOURCES
     src/postgres/admin.cpp
     src/postgres/batch_plan.cpp
+    src/postgres/database_lanes.cpp
     src/postgres/claim_protocol.cpp
     src/postgres/entity_writer.cpp
     src/postgres/errors.cpp

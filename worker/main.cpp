@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "dedup/config.hpp"
+#include "dedup/database_lanes.hpp"
 #include "dedup/duration.hpp"
 #include "dedup/errors.hpp"
 #include "dedup/json_text.hpp"
 #include "dedup/kafka/admin.hpp"
 #include "dedup/kafka/settings.hpp"
-#include "dedup/lanes.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/metrics.hpp"
@@ -139,22 +139,12 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   options = dedup::checked(std::move(options));
 
   // --db-connections N: N lanes, each a processor over its own key store and connection.
-  std::vector<std::unique_ptr<dedup::PostgresKeyStore>> stores;
-  std::vector<std::unique_ptr<dedup::Processor>> processors;
-  std::vector<dedup::BatchProcessor*> lanes;
-  for (std::size_t lane = 0; lane < flags.db_connections; ++lane) {
-    stores.push_back(std::make_unique<dedup::PostgresKeyStore>(
-        dedup::PostgresOptions{
-            .conninfo = database.db,
-            .schema = database.schema,
-            .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
-        catalog, &observer));
-    processors.push_back(
-        std::make_unique<dedup::Processor>(catalog, *stores.back(), clock, observer, parse_options));
-    lanes.push_back(processors.back().get());
-  }
-
-  dedup::Lanes processor(std::move(lanes), options.max_batch_records);
+  dedup::DatabaseLanes processor(
+      flags.db_connections,
+      dedup::PostgresOptions{.conninfo = database.db,
+                             .schema = database.schema,
+                             .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
+      catalog, clock, observer, parse_options, options.max_batch_records);
   // SPEC §4: warn when the key TTL does not outlive the commands topic's retention. Off the
   // start-up path: a broker that does not answer (the dev broker never does) costs no time.
   std::jthread ttl_check([&](const std::stop_token& stop) {

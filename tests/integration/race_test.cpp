@@ -11,7 +11,7 @@
 #include <random>
 #include <thread>
 
-#include "dedup/lanes.hpp"
+#include "dedup/database_lanes.hpp"
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
 #include "support/records.hpp"
@@ -46,17 +46,8 @@ TEST(Race, FourLanesRacingOverOneKeyInOneBatchCreateOneEntityAndReplayTheSameRes
   test::TestSchema schema;
   SystemClock clock;
   LargestTransaction observer;
-  std::vector<std::unique_ptr<PostgresKeyStore>> stores;
-  std::vector<std::unique_ptr<Processor>> processors;
-  std::vector<BatchProcessor*> lane_processors;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    stores.push_back(std::make_unique<PostgresKeyStore>(
-        PostgresOptions{.conninfo = schema.conninfo(), .schema = schema.name()}, schema.catalog()));
-    processors.push_back(
-        std::make_unique<Processor>(schema.catalog(), *stores.back(), clock, observer, ParseOptions{}));
-    lane_processors.push_back(processors.back().get());
-  }
-  Lanes lanes(lane_processors, kPerTransaction);
+  DatabaseLanes lanes(kLanes, PostgresOptions{.conninfo = schema.conninfo(), .schema = schema.name()},
+                      schema.catalog(), clock, observer, ParseOptions{}, kPerTransaction);
 
   // Copies of a key sit next to each other in the stream, so most batches hold all of them.
   std::mt19937 random(4242);
@@ -101,8 +92,7 @@ TEST(Race, FourLanesRacingOverOneKeyInOneBatchCreateOneEntityAndReplayTheSameRes
   EXPECT_EQ(schema.scalar("SELECT count(*) FROM {schema}.idempotency_keys"), kKeys);
   // The lanes did race: some batch found a key claimed by another lane's open transaction and
   // fell back to the claim-first protocol (a key's copies share a batch, on different lanes).
-  std::size_t fallbacks = 0;
-  for (const auto& store : stores) fallbacks += store->fast_path_fallbacks();
+  const std::size_t fallbacks = lanes.fast_path_fallbacks();
   EXPECT_GT(fallbacks, 0U);
   std::cout << "lanes: " << fallbacks << " fast-path fallback(s) from keys claimed by another lane\n";
 
