@@ -14,6 +14,7 @@ dedup_component(core
     src/core/outbound.cpp
     src/core/processor.cpp
     src/core/result.cpp
+    src/core/stderr_sink.cpp
     src/core/stop_signals.cpp
     src/core/utf8.cpp
   PUBLIC_LIBS nlohmann_json::nlohmann_json

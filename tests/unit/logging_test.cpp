@@ -1,6 +1,7 @@
 // Logs as an on-call engineer reads them: JSON lines with the documented fields, an audit line per
 // created entity, repeated events rate limited. Captures the real logger's stderr.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -31,6 +32,13 @@ class CapturedStderr {
     ::dup2(::fileno(file_), 2);
   }
   ~CapturedStderr() { restore(); }
+
+  // What has reached file descriptor 2 so far (without ending the capture).
+  std::size_t bytes_written() const {
+    struct stat status {};
+    ::fstat(::fileno(file_), &status);
+    return static_cast<std::size_t>(status.st_size);
+  }
 
   std::vector<std::string> lines() {
     restore();
@@ -74,6 +82,7 @@ TEST(Logging, JsonLinesCarryTheDocumentedFields) {
   CapturedStderr captured;
   LoggingObserver observer;
   observer.on_result_published(result_of(Status::created, 7), 0.01);
+  observer.on_results_published();
   const auto lines = captured.lines();
   ASSERT_EQ(lines.size(), 1u);
   const auto line = json::parse(lines[0]);
@@ -142,6 +151,7 @@ TEST(Logging, LogEnabledFollowsTheConfiguredLevel) {
   CapturedStderr captured;
   LoggingObserver observer;
   observer.on_result_published(result_of(Status::created, 1), 0.01);
+  observer.on_results_published();
   log_event(LogLevel::info, "hidden", {{"k", 1}});
   EXPECT_TRUE(captured.lines().empty());
   configure_logging("info", "json");
@@ -164,6 +174,7 @@ TEST(Logging, EveryCreationIsAuditedButReplaysAreRateLimited) {
   LoggingObserver observer(/*repeated_lines_per_second=*/5);
   for (int i = 0; i < 50; ++i) observer.on_result_published(result_of(Status::created, i), 0);
   for (int i = 0; i < 50; ++i) observer.on_result_published(result_of(Status::duplicate, i), 0);
+  observer.on_results_published();
   int created = 0;
   int replayed = 0;
   for (const auto& text : captured.lines()) {
@@ -174,6 +185,44 @@ TEST(Logging, EveryCreationIsAuditedButReplaysAreRateLimited) {
   EXPECT_EQ(created, 50);  // the record of an effect is never dropped
   EXPECT_GE(replayed, 5);  // the burst allowance...
   EXPECT_LE(replayed, 7);  // ...and not much more, however many arrive
+}
+
+// A batch's per-record lines go out in one write when its results are all published (the worker
+// then commits its offsets); an immediate line writes them first, so the order holds.
+TEST(Logging, PerRecordLinesAreHeldUntilTheBatchsResultsArePublishedAndKeepTheirOrder) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  LoggingObserver observer;
+  observer.on_result_published(result_of(Status::created, 1), 0.01);
+  observer.on_result_published(result_of(Status::created, 2), 0.01);
+  EXPECT_EQ(captured.bytes_written(), 0u) << "held while the batch's results are reported";
+  observer.on_results_published();
+  const auto batch_bytes = captured.bytes_written();
+  EXPECT_GT(batch_bytes, 0u) << "written when they all are";
+  observer.on_result_published(result_of(Status::created, 3), 0.01);
+  EXPECT_EQ(captured.bytes_written(), batch_bytes);
+  log_event(LogLevel::warn, "an immediate line");
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(json::parse(lines[0]).at("offset"), 1);
+  EXPECT_EQ(json::parse(lines[1]).at("offset"), 2);
+  EXPECT_EQ(json::parse(lines[2]).at("offset"), 3) << "the held line before the immediate one";
+  EXPECT_EQ(json::parse(lines[3]).at("msg"), "an immediate line");
+}
+
+// However large a batch, no more than 64 KiB of lines wait in memory.
+TEST(Logging, HeldLinesAreWrittenOnceTheyReach64KiB) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  LoggingObserver observer;
+  for (int i = 0; i < 2'000; ++i) observer.on_result_published(result_of(Status::created, i), 0);
+  const auto before_batch_end = captured.bytes_written();
+  observer.on_results_published();
+  const auto all = captured.bytes_written();
+  constexpr std::size_t kBound = std::size_t{64} * 1024;
+  EXPECT_GT(all, 3 * kBound) << "the test needs several times the bound";
+  EXPECT_GE(before_batch_end + kBound, all) << "at most 64 KiB were still held";
+  EXPECT_EQ(captured.lines().size(), 2'000u);
 }
 
 TEST(Logging, HeldBackLinesAreCountedOnTheNextOneThatPasses) {

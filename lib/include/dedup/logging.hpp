@@ -17,8 +17,16 @@ namespace dedup {
 
 enum class LogLevel { trace, debug, info, warn, error, critical };
 
-// Sets up the default logger: synchronous, each line written before the call that logs it
-// returns. `level`: trace|debug|info|warn|error; `format`: json|text.
+// When a line reaches stderr. `immediately`: before the call that logs it returns, with every line
+// held before it (so lines keep their order). `held`: by the next flush_logs() or immediate line,
+// or once 64 KiB are held; for the hot path's per-record lines (the audit line of each created
+// entity), which the worker has written out before it commits the records' offsets
+// (Observer::on_results_published): one write(2) per batch instead of one per line.
+enum class LogFlush { immediately, held };
+
+// Sets up the default logger: synchronous (each line formatted on the caller's thread, within the
+// call that logs it) and written as LogFlush says. `level`: trace|debug|info|warn|error; `format`:
+// json|text.
 // Throws ConfigError("--log-level" / "--log-format", ...) for other values.
 void configure_logging(std::string_view level, std::string_view format);
 
@@ -26,7 +34,11 @@ void configure_logging(std::string_view level, std::string_view format);
 // entity_id, ...). In JSON: {"ts", "level", "msg", ...fields}, in that order (a field named ts,
 // level or msg comes out as field_ts, field_level, field_msg); in text: "msg field=value ...".
 void log_event(LogLevel level, std::string_view message,
-               const nlohmann::json& fields = nlohmann::json::object());
+               const nlohmann::json& fields = nlohmann::json::object(),
+               LogFlush flush = LogFlush::immediately);
+
+// Writes out the held lines (LogFlush::held).
+void flush_logs();
 
 // Whether a line of `level` would be written: for callers whose fields cost more to build than
 // this check.
@@ -51,7 +63,8 @@ class RateLimiter {
 // Logs what happens to commands: an audit line for every created entity (info, never rate
 // limited: it is the record of an effect), duplicates, conflicts and key reuse (info, rate
 // limited so a retry storm cannot flood the log), rejections (warn, rate limited), cross-scope
-// reuse (warn), database and Kafka errors with their classification.
+// reuse (warn), database and Kafka errors with their classification. A batch's per-record lines
+// are held (LogFlush::held) and written out together when its results are all published.
 class LoggingObserver final : public Observer {
  public:
   explicit LoggingObserver(double repeated_lines_per_second = 20);
@@ -59,6 +72,7 @@ class LoggingObserver final : public Observer {
   void on_db_error(DbErrorKind kind) override;
   void on_keys_expired(std::size_t count) override;
   void on_result_published(const CommandResult& result, double end_to_end_seconds) override;
+  void on_results_published() override;
   void on_kafka_error(std::string_view what) override;
 
  private:
@@ -78,6 +92,7 @@ class FanOutObserver final : public Observer {
   void on_db_error(DbErrorKind kind) override;
   void on_keys_expired(std::size_t count) override;
   void on_result_published(const CommandResult& result, double end_to_end_seconds) override;
+  void on_results_published() override;
   void on_kafka_error(std::string_view what) override;
   void on_consumer_lag(std::int32_t partition, std::int64_t lag) override;
   void on_partition_revoked(std::int32_t partition) override;

@@ -30,6 +30,10 @@ class Observer {
   // Worker: Kafka acknowledged the result of one record (and its dead letter, if rejected).
   // `end_to_end_seconds` is record timestamp -> acknowledgement, negative when unknown.
   virtual void on_result_published(const CommandResult& /*result*/, double /*end_to_end_seconds*/) {}
+  // Worker: every result of a batch has been reported by on_result_published, and the batch's
+  // offsets are about to be committed (what must be out before then, such as the audit lines, goes
+  // out now).
+  virtual void on_results_published() {}
   // Worker: a Kafka error was reported (by a callback, a failed delivery or a failed commit).
   virtual void on_kafka_error(std::string_view /*what*/) {}
   // Worker: current lag of an assigned partition (high watermark - committed/consumed position).

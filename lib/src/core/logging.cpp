@@ -3,13 +3,13 @@
 
 #include <fmt/format.h>
 #include <spdlog/pattern_formatter.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <utility>
 
 #include "dedup/errors.hpp"
+#include "stderr_sink.hpp"
 
 namespace dedup {
 namespace {
@@ -20,8 +20,8 @@ using json = nlohmann::json;
 // travel beside the message rather than inside it, so no text that a plain spdlog call logs can
 // pass for fields; plain spdlog calls elsewhere in the process still format, without fields. This
 // needs the logger to format on the caller's thread, within log_event's call: it is synchronous
-// (configure_logging), as the audit line of a created entity must be out before its offset is
-// committed anyway.
+// (configure_logging), and the audit line of a created entity must be out before its offset is
+// committed anyway (held lines are written by flush_logs(), before the commit).
 thread_local const std::string* t_fields = nullptr;
 
 std::string iso_time(spdlog::log_clock::time_point time) {
@@ -75,6 +75,13 @@ class StructuredFormatter final : public spdlog::formatter {
   bool as_json_;
 };
 
+// The logger of LogFlush::held lines (configure_logging); none until it is called, when every line
+// goes to the default logger.
+std::shared_ptr<spdlog::logger>& held_logger() {
+  static std::shared_ptr<spdlog::logger> logger;
+  return logger;
+}
+
 spdlog::level::level_enum to_spdlog(LogLevel level) {
   switch (level) {
     case LogLevel::trace: return spdlog::level::trace;
@@ -112,18 +119,29 @@ void configure_logging(std::string_view level, std::string_view format) {
   if (spdlog::level::to_string_view(parsed) != level && !(level == "warn" && parsed == spdlog::level::warn)) {
     throw ConfigError("--log-level", fmt::format("'{}' is not trace, debug, info, warn or error", level));
   }
-  auto logger = std::make_shared<spdlog::logger>("dedup", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  // Two loggers, one sink: the default one writes every line at once (with the held lines before
+  // it, in order); the held one leaves its lines in the sink for flush_logs().
+  const auto sink = std::make_shared<StderrSink>();
+  auto logger = std::make_shared<spdlog::logger>("dedup", sink);
   logger->set_formatter(std::make_unique<StructuredFormatter>(format == "json"));
   logger->set_level(parsed);
-  logger->flush_on(spdlog::level::info);
+  logger->flush_on(spdlog::level::trace);
+  auto held = std::make_shared<spdlog::logger>("dedup.held", sink);
+  held->set_level(parsed);
+  held->flush_on(spdlog::level::off);
   spdlog::set_default_logger(std::move(logger));
+  held_logger() = std::move(held);
+}
+
+void flush_logs() {
+  if (const auto& held = held_logger()) held->flush();
 }
 
 bool log_enabled(LogLevel level) {
   return spdlog::default_logger_raw()->should_log(to_spdlog(level));
 }
 
-void log_event(LogLevel level, std::string_view message, const json& fields) {
+void log_event(LogLevel level, std::string_view message, const json& fields, LogFlush flush) {
   if (!log_enabled(level)) return;
   std::string dumped;
   if (fields.is_object() && !fields.empty()) {
@@ -151,7 +169,9 @@ void log_event(LogLevel level, std::string_view message, const json& fields) {
     FieldsBeside(const FieldsBeside&) = delete;
     FieldsBeside& operator=(const FieldsBeside&) = delete;
   } beside(dumped);
-  spdlog::default_logger_raw()->log(to_spdlog(level), "{}", message);
+  spdlog::logger* logger = spdlog::default_logger_raw();
+  if (flush == LogFlush::held && held_logger()) logger = held_logger().get();
+  logger->log(to_spdlog(level), "{}", message);
 }
 
 RateLimiter::RateLimiter(double per_second)
@@ -198,12 +218,15 @@ void LoggingObserver::on_result_published(const CommandResult& result, double /*
   };
   if (result.cross_scope_key_reuse) {
     // Security-relevant and rare: never rate limited.
-    log_event(LogLevel::warn, "idempotency key already used under another scope", result_fields(result));
+    log_event(LogLevel::warn, "idempotency key already used under another scope", result_fields(result),
+              LogFlush::held);
   }
   switch (result.status) {
     case Status::created:
       // Checked first: building the fields costs more than the check, for every created entity.
-      if (log_enabled(LogLevel::info)) log_event(LogLevel::info, "entity created", result_fields(result));
+      if (log_enabled(LogLevel::info)) {
+        log_event(LogLevel::info, "entity created", result_fields(result), LogFlush::held);
+      }
       break;
     case Status::duplicate:
     case Status::conflict:
@@ -211,14 +234,15 @@ void LoggingObserver::on_result_published(const CommandResult& result, double /*
         if (!log_enabled(LogLevel::info)) break;
         auto f = result_fields(result);
         f["constraint"] = result.error.value("constraint", json());
-        log_event(LogLevel::info, "command conflicts with existing data", f);
+        log_event(LogLevel::info, "command conflicts with existing data", f, LogFlush::held);
       } else if (replays_.allow(suppressed)) {
-        log_event(LogLevel::info, "replayed stored result", fields());
+        log_event(LogLevel::info, "replayed stored result", fields(), LogFlush::held);
       }
       break;
     case Status::key_reused:
       if (mismatches_.allow(suppressed)) {
-        log_event(LogLevel::info, "idempotency key reused with a different payload", fields());
+        log_event(LogLevel::info, "idempotency key reused with a different payload", fields(),
+                  LogFlush::held);
       }
       break;
     case Status::rejected:
@@ -228,11 +252,13 @@ void LoggingObserver::on_result_published(const CommandResult& result, double /*
           f["reason"] = to_string(result.rejection->code);
           f["error"] = result.rejection->message;
         }
-        log_event(LogLevel::warn, "record rejected and dead-lettered", f);
+        log_event(LogLevel::warn, "record rejected and dead-lettered", f, LogFlush::held);
       }
       break;
   }
 }
+
+void LoggingObserver::on_results_published() { flush_logs(); }
 
 void LoggingObserver::on_kafka_error(std::string_view what) {
   log_event(LogLevel::warn, "kafka error", {{"error", what}});
@@ -252,6 +278,9 @@ void FanOutObserver::on_keys_expired(std::size_t count) {
 }
 void FanOutObserver::on_result_published(const CommandResult& result, double seconds) {
   for (auto* o : observers_) o->on_result_published(result, seconds);
+}
+void FanOutObserver::on_results_published() {
+  for (auto* o : observers_) o->on_results_published();
 }
 void FanOutObserver::on_kafka_error(std::string_view what) {
   for (auto* o : observers_) o->on_kafka_error(what);
