@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <thread>
 
 #include "dedup/kafka/mock_cluster.hpp"
+#include "dedup/logging.hpp"
 #include "dedup/kafka/producer.hpp"
 #include "dedup/processor.hpp"
 #include "support/kafka_test_util.hpp"
@@ -425,6 +427,56 @@ TEST_F(WorkerTest, WithLanesABacklogBatchTakesAtMostOneBatchFromEachPartition) {
     if (batch == std::map<std::int32_t, std::size_t>{{0, 100}, {1, 100}}) ++even;
   }
   EXPECT_GE(even, 4u) << "batches (partition:records):" << seen;
+  EXPECT_EQ(total_committed(), static_cast<std::int64_t>(input.size()));
+}
+
+// The loop finishes batch N (acknowledgements, the results reported, the offset commit sent) while
+// batch N+1 is in its transaction, not after it: the second batch's transaction waits, inside
+// process(), until the first batch is reported and its offsets are committed. Run one after the
+// other, the loop would never get there while the transaction waits: it gives up after 10 s.
+TEST_F(WorkerTest, ThePreviousBatchIsFinishedWhileTheNextIsInItsTransaction) {
+  class Finished final : public Observer {
+   public:
+    void on_results_published() override { ++batches; }
+    std::atomic<int> batches{0};
+  } finished;
+  FanOutObserver observer({&observer_, &finished});
+
+  class WaitsForThePreviousBatch final : public BatchProcessor {
+   public:
+    WaitsForThePreviousBatch(BatchProcessor& inner, std::function<std::int64_t()> committed,
+                             Finished& finished)
+        : inner_(inner), committed_(std::move(committed)), finished_(finished) {}
+    std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
+      if (++calls_ == 1) {
+        first_batch_ = static_cast<std::int64_t>(records.size());
+      } else if (calls_ == 2) {
+        overlapped = eventually([&] {
+          return finished_.batches.load() >= 1 && committed_() >= first_batch_;
+        }, 10s);
+      }
+      return inner_.process(records);
+    }
+    std::atomic<bool> overlapped{false};
+
+   private:
+    BatchProcessor& inner_;
+    std::function<std::int64_t()> committed_;
+    Finished& finished_;
+    int calls_ = 0;  // the transactions run one at a time
+    std::int64_t first_batch_ = 0;
+  } waiting(processor_, [this] { return total_committed(); }, finished);
+
+  std::vector<OutboundRecord> input;
+  input.reserve(200);
+  for (int i = 0; i < 200; ++i) input.push_back(command("k" + std::to_string(i)));
+  test::write_records(brokers_, input);
+  WorkerOptions o = options();
+  o.max_batch_records = 100;
+  RunningWorker running(o, waiting, observer);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_EQ(running.stop(), 0);
+  EXPECT_TRUE(waiting.overlapped) << "the first batch was not finished during the second's transaction";
   EXPECT_EQ(total_committed(), static_cast<std::int64_t>(input.size()));
 }
 

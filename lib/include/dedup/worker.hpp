@@ -9,7 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <exception>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "dedup/backoff.hpp"
@@ -60,6 +62,17 @@ class Worker final : public Stoppable {
  private:
   enum class BatchOutcome { done, abandoned };
   BatchOutcome handle_batch(std::vector<InboundRecord>& batch);
+  // What one attempt at a batch's transaction came to, and what finishing the batch on its way
+  // came to meanwhile.
+  struct Processed {
+    std::vector<CommandResult> results;
+    std::exception_ptr error;  // what processing threw, if it did
+    BatchOutcome in_flight = BatchOutcome::done;
+  };
+  // Processes `batch` on a thread of its own while this one finishes the batch on its way, if
+  // any: the loop's own work (acknowledgements, per-record metrics and logs, the offset commit)
+  // is then off the database's path. Returns after both.
+  Processed process_beside_in_flight(std::span<const InboundRecord> batch);
   // Serves the consumer for the backoff of `attempt` (or less, when stopping). Then drops records
   // of revoked partitions from `batch`, if given.
   void back_off(int attempt, std::vector<InboundRecord>* batch);

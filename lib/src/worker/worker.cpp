@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <future>
 #include <stdexcept>
+#include <system_error>
 
 #include "dedup/errors.hpp"
 #include "dedup/kafka/consumer.hpp"
@@ -168,36 +170,65 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
       return BatchOutcome::abandoned;
     }
 
-    std::vector<CommandResult> results;
+    Processed processed = process_beside_in_flight(batch);
+    // Abandoned while stopping: neither batch is committed; both are read again and replayed.
+    if (processed.in_flight == BatchOutcome::abandoned) return BatchOutcome::abandoned;
     try {
-      results = processor_.process(batch);
+      if (processed.error) std::rethrow_exception(processed.error);
     } catch (const TransientDatabaseError& e) {
       db_healthy_.store(false);
       spdlog::warn("database unavailable (attempt {}), batch of {} will be retried: {}",
                    attempt + 1, batch.size(), e.what());
-      // The previous batch's results are out or on their way: commit it before waiting.
-      if (in_flight_ && finish_in_flight() == BatchOutcome::abandoned) return BatchOutcome::abandoned;
-      // Stop fetching but keep polling: the group must see us alive and rebalances must be served.
+      // The previous batch was finished meanwhile. Stop fetching but keep polling: the group must
+      // see us alive and rebalances must be served.
       if (!consumer_->paused()) consumer_->pause_all();
       back_off(attempt, &batch);
       continue;
     }
     db_healthy_.store(true);
+    std::vector<CommandResult>& results = processed.results;
     if (results.size() != batch.size()) {
       throw std::logic_error("processor returned " + std::to_string(results.size()) +
                              " results for " + std::to_string(batch.size()) + " records");
     }
+    // Sent only now that the previous batch is finished: a partition's results and offset commits
+    // follow the order of its batches.
     failpoint("after_db_commit");
-    if (in_flight_) {
-      failpoint("after_db_commit_in_flight");
-      // This batch's transaction ran while Kafka acknowledged the previous one: now it is
-      // committed (in order: offsets of a partition never skip a batch) before this one is sent.
-      if (finish_in_flight() == BatchOutcome::abandoned) return BatchOutcome::abandoned;
-    }
     in_flight_ = std::make_unique<Publication>(*producer_, std::move(batch), std::move(results),
                                                output_topics_);
     return BatchOutcome::done;
   }
+}
+
+Worker::Processed Worker::process_beside_in_flight(std::span<const InboundRecord> batch) {
+  Processed processed;
+  const bool beside = in_flight_ != nullptr;
+  auto process = [&] {
+    try {
+      processed.results = processor_.process(batch);
+    } catch (...) {
+      processed.error = std::current_exception();
+      return;
+    }
+    // The transaction is committed while the previous batch's results may still be on their way,
+    // or its offsets on theirs: wherever this thread finds the other one.
+    if (beside) failpoint("after_db_commit_in_flight");
+  };
+  if (!beside) {
+    process();
+    return processed;
+  }
+  std::future<void> running;
+  try {
+    running = std::async(std::launch::async, process);
+  } catch (const std::system_error&) {
+    process();  // no thread to be had: one after the other
+  }
+  // Should finishing throw, the future's destructor waits for the transaction before `processed`
+  // and `batch` go.
+  processed.in_flight = finish_in_flight();
+  if (running.valid()) running.get();
+  return processed;
 }
 
 Worker::BatchOutcome Worker::finish_in_flight() {
