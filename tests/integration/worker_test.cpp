@@ -450,6 +450,10 @@ TEST_F(WorkerTest, ThePreviousBatchIsFinishedWhileTheNextIsInItsTransaction) {
     std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
       if (++calls_ == 1) {
         first_batch_ = static_cast<std::int64_t>(records.size());
+        // Meanwhile librdkafka fetches the rest, so the next poll (which does not wait while a
+        // batch is on its way) finds a second batch: without one, the loop would finish the first
+        // batch on its own and the check below would pass on a loop that never overlaps.
+        std::this_thread::sleep_for(1s);
       } else if (calls_ == 2) {
         overlapped = eventually([&] {
           return finished_.batches.load() >= 1 && committed_() >= first_batch_;

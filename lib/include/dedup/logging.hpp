@@ -64,7 +64,8 @@ class RateLimiter {
 // limited: it is the record of an effect), duplicates, conflicts and key reuse (info, rate
 // limited so a retry storm cannot flood the log), rejections (warn, rate limited), cross-scope
 // reuse (warn), database and Kafka errors with their classification. A batch's per-record lines
-// are held (LogFlush::held) and written out together when its results are all published.
+// are held (LogFlush::held) and written out when its results are all published (earlier when an
+// immediate line or the 64 KiB bound comes first).
 class LoggingObserver final : public Observer {
  public:
   explicit LoggingObserver(double repeated_lines_per_second = 20);

@@ -1,7 +1,9 @@
 // Hooks through which the library reports what it does, for metrics and logs. The Prometheus
 // implementation is dedup::Metrics (metrics.hpp); tests use fakes or the no-op base. Every method
 // has an empty default so an observer overrides only what it needs. Methods may be called from the
-// worker thread and from librdkafka's callbacks; implementations must be thread-safe.
+// worker's loop, from the threads of its transactions (the Processor's and key store's hooks, at
+// the same time as the loop's, even with one lane) and from librdkafka's callbacks;
+// implementations must be thread-safe.
 #pragma once
 
 #include <cstddef>

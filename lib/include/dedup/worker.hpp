@@ -1,9 +1,9 @@
-// The worker run loop (SPEC §4): poll a batch -> process (its transaction) -> wait for every
-// acknowledgement of the previous batch's results and commit its offsets -> send this batch's
-// results and dead letters -> next batch. One batch's results are on their way while the next is
-// in its transaction (docs/design.md, "The worker loop"). Single-threaded by design: "commit only
-// after the transaction committed and Kafka acknowledged" is then the program order, and a batch
-// is the unit of retry.
+// The worker run loop (SPEC §4): poll a batch -> process it (its transactions, on a thread of
+// their own) while this thread waits for every acknowledgement of the previous batch's results
+// and commits its offsets -> send this batch's results and dead letters -> next batch (docs/
+// design.md, "The worker loop"). Everything but the transactions stays on the loop's thread:
+// "commit only after Kafka acknowledged" is the program order of finish_in_flight(), a batch's
+// results are sent only after the previous batch is finished, and a batch is the unit of retry.
 #pragma once
 
 #include <atomic>
@@ -92,6 +92,9 @@ class Worker final : public Stoppable {
   void maybe_cleanup();
   void maybe_report_lag();
   void failpoint(const char* name);
+  // Whether failpoint(name) would kill the process if reached now (for a failpoint whose state
+  // depends on two threads, to reach it deterministically).
+  bool failpoint_due(const char* name) const;
 
   WorkerOptions options_;
   BatchProcessor& processor_;

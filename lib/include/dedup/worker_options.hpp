@@ -16,7 +16,8 @@ namespace dedup {
 // worker kills itself with SIGKILL the n-th time (default 1st) it reaches <name>:
 //   after_db_commit       the batch is committed in Postgres, nothing of it published
 //   after_db_commit_in_flight  the same, reached only while the previous batch's results are
-//                         on their way (sent, not all acknowledged, offsets not committed)
+//                         on their way (sent, not all acknowledged, offsets not committed); in
+//                         other hits than the n-th, the previous batch is finished meanwhile
 //   after_results_acked   results and dead letters acknowledged, offsets not committed
 //   before_offset_commit  observer notified, right before the offset commit
 //   after_offset_commit_sent  the offset commit handed to librdkafka, its outcome not yet known

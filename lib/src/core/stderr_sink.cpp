@@ -1,5 +1,6 @@
 #include "stderr_sink.hpp"
 
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,6 +23,11 @@ void StderrSink::flush_() {
   while (left > 0) {
     const ssize_t written = ::write(STDERR_FILENO, data, left);
     if (written < 0 && errno == EINTR) continue;
+    if (written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // A non-blocking stderr whose reader is behind: wait for room rather than drop the lines.
+      pollfd room{.fd = STDERR_FILENO, .events = POLLOUT, .revents = 0};
+      if (::poll(&room, 1, -1) >= 0 || errno == EINTR) continue;
+    }
     // A closed or failing stderr drops the lines, as a FILE's write would: logging never stops
     // the worker.
     if (written <= 0) break;

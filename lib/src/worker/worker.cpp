@@ -24,7 +24,7 @@ using std::chrono::milliseconds;
 constexpr milliseconds kServeSlice{100};
 
 // From the record's timestamp to the acknowledgement of its result (not to when the loop gets
-// to it: with pipelining that is after the next batch's transaction).
+// to it: with pipelining that is while the next batch is in its transaction).
 double end_to_end_seconds(const InboundRecord& record,
                           std::chrono::system_clock::time_point acknowledged_at) {
   if (!record.timestamp_ms) return -1.0;
@@ -171,12 +171,13 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
     }
 
     Processed processed = process_beside_in_flight(batch);
-    // Abandoned while stopping: neither batch is committed; both are read again and replayed.
-    if (processed.in_flight == BatchOutcome::abandoned) return BatchOutcome::abandoned;
+    // Abandoned while stopping: neither batch is committed; both are read again and replayed. A
+    // permanent error still ends the run with its status (thrown below, to run()).
+    const bool abandoned = processed.in_flight == BatchOutcome::abandoned;
     try {
       if (processed.error) std::rethrow_exception(processed.error);
     } catch (const TransientDatabaseError& e) {
-      db_healthy_.store(false);
+      if (abandoned) return BatchOutcome::abandoned;
       spdlog::warn("database unavailable (attempt {}), batch of {} will be retried: {}",
                    attempt + 1, batch.size(), e.what());
       // The previous batch was finished meanwhile. Stop fetching but keep polling: the group must
@@ -185,6 +186,7 @@ Worker::BatchOutcome Worker::handle_batch(std::vector<InboundRecord>& batch) {
       back_off(attempt, &batch);
       continue;
     }
+    if (abandoned) return BatchOutcome::abandoned;
     db_healthy_.store(true);
     std::vector<CommandResult>& results = processed.results;
     if (results.size() != batch.size()) {
@@ -208,10 +210,11 @@ Worker::Processed Worker::process_beside_in_flight(std::span<const InboundRecord
       processed.results = processor_.process(batch);
     } catch (...) {
       processed.error = std::current_exception();
+      // Not ready from now on, not only once the previous batch is finished (which can take as
+      // long as Kafka refuses its results).
+      db_healthy_.store(false);
       return;
     }
-    // The transaction is committed while the previous batch's results may still be on their way,
-    // or its offsets on theirs: wherever this thread finds the other one.
     if (beside) failpoint("after_db_commit_in_flight");
   };
   if (!beside) {
@@ -219,10 +222,16 @@ Worker::Processed Worker::process_beside_in_flight(std::span<const InboundRecord
     return processed;
   }
   std::future<void> running;
-  try {
-    running = std::async(std::launch::async, process);
-  } catch (const std::system_error&) {
-    process();  // no thread to be had: one after the other
+  if (failpoint_due("after_db_commit_in_flight")) {
+    // Crash tests: the state the failpoint names, exactly. This batch committed, the previous
+    // one not yet finished (its acknowledgements not awaited, its offsets not sent).
+    process();
+  } else {
+    try {
+      running = std::async(std::launch::async, process);
+    } catch (const std::system_error&) {
+      process();  // no thread to be had: one after the other
+    }
   }
   // Should finishing throw, the future's destructor waits for the transaction before `processed`
   // and `batch` go.
@@ -358,6 +367,10 @@ void Worker::maybe_report_lag() {
   if (SteadyClock::now() < next_lag_report_) return;
   consumer_->report_lag();
   next_lag_report_ = SteadyClock::now() + options_.lag_report_interval;
+}
+
+bool Worker::failpoint_due(const char* name) const {
+  return options_.failpoint.name == name && options_.failpoint.hit <= 1;
 }
 
 void Worker::failpoint(const char* name) {
