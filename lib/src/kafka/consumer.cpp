@@ -3,8 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
+#include <string_view>
 
 #include "kafka/client_common.hpp"
 
@@ -13,6 +13,9 @@ namespace {
 
 constexpr const char* kDefaultAutoOffsetReset = "earliest";
 constexpr auto kPollSlice = std::chrono::milliseconds(100);
+// How long close() waits for the group coordinator to let the consumer go: a LeaveGroup and the
+// revocation of its partitions, well under a second when the group is healthy.
+constexpr auto kCloseDeadline = std::chrono::seconds(10);
 
 std::string bytes(const void* data, std::size_t size) {
   return {static_cast<const char*>(data), size};
@@ -57,10 +60,16 @@ std::set<TopicPartition> to_set(const rd_kafka_topic_partition_list_t* list) {
   return out;
 }
 
-bool cooperative(rd_kafka_t* rk) {
-  // NULL while the consumer is closing (no group protocol any more): treat as eager.
-  const char* protocol = rd_kafka_rebalance_protocol(rk);
-  return protocol != nullptr && std::strcmp(protocol, "COOPERATIVE") == 0;
+// librdkafka refuses a mix of eager and cooperative assignors, so one name tells the protocol.
+// Read from the configuration, not with rd_kafka_rebalance_protocol(), which waits on librdkafka's
+// main thread and can hang in a rebalance served while the consumer closes (librdkafka #4041).
+bool cooperative(const rd_kafka_conf_t* conf) {
+  char value[512];
+  std::size_t size = sizeof value;
+  if (rd_kafka_conf_get(conf, config_key::kPartitionAssignmentStrategy, value, &size) != RD_KAFKA_CONF_OK) {
+    return false;
+  }
+  return std::string_view(value).find("cooperative") != std::string_view::npos;
 }
 
 }  // namespace
@@ -93,6 +102,7 @@ Consumer::Consumer(const ConsumerOptions& options, Observer& observer)
                           {config_key::kEnableAutoOffsetStore, "false",
                            "offsets are committed explicitly, never from the position"}});
   rd_kafka_conf_set_opaque(conf.get(), this);
+  incremental_ = cooperative(conf.get());
   rd_kafka_conf_set_rebalance_cb(conf.get(), &Consumer::on_rebalance);
   rd_kafka_conf_set_error_cb(
       conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* self) {
@@ -129,7 +139,7 @@ void Consumer::on_rebalance(rd_kafka_t* /*rk*/, rd_kafka_resp_err_t err,
 void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
                                 rd_kafka_topic_partition_list_t* partitions) {
   rd_kafka_t* rk = handle_.get();
-  const bool incremental = cooperative(rk);
+  const bool incremental = incremental_;
   const std::set<TopicPartition> changed = to_set(partitions);
 
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -377,11 +387,40 @@ void Consumer::close() noexcept {
   if (closed_ || !handle_) return;
   closed_ = true;
   collect_commit_before_release("closed");
-  const rd_kafka_resp_err_t err = rd_kafka_consumer_close(handle_.get());
-  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    spdlog::warn("kafka consumer close: {}", rd_kafka_err2name(err));
+  if (!leave_group_within(kCloseDeadline)) {
+    // Nothing is lost by giving up: every offset this consumer will ever commit is committed (or
+    // refused) by now, and its partitions move to another member when its session times out.
+    spdlog::warn(
+        "kafka consumer did not leave its group within {} s; closed without leaving (its "
+        "partitions move once its session times out)",
+        kCloseDeadline.count());
+    commit_queue_.reset();  // a queue must not outlive its handle
+    rd_kafka_destroy_flags(handle_.release(), RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
   }
   assigned_count_.store(0);
+}
+
+bool Consumer::leave_group_within(std::chrono::seconds deadline) noexcept {
+  // rd_kafka_consumer_close() has no deadline, and librdkafka 2.0.2 can wait in it for ever when
+  // a cooperative assignment arrives while it closes (librdkafka issue #4527, fixed in 2.4.0;
+  // seen here as a test hung at exit). The same close through a queue served here has one.
+  rd_kafka_t* rk = handle_.get();
+  const QueuePtr events(rd_kafka_queue_new(rk));
+  if (const ErrorPtr error(rd_kafka_consumer_close_queue(rk, events.get())); error) {
+    spdlog::warn("kafka consumer close: {}", rd_kafka_error_string(error.get()));
+    return true;  // refused (a fatal error): there is no group to leave
+  }
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (rd_kafka_consumer_closed(rk) == 0) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    const EventPtr event(rd_kafka_queue_poll(events.get(), static_cast<int>(kPollSlice.count())));
+    // The revocation of what is still assigned comes as an event here, not as a callback.
+    if (event && rd_kafka_event_type(event.get()) == RD_KAFKA_EVENT_REBALANCE) {
+      handle_rebalance(rd_kafka_event_error(event.get()),
+                       rd_kafka_event_topic_partition_list(event.get()));
+    }
+  }
+  return true;
 }
 
 void Consumer::throw_if_fatal() const { kafka::throw_if_fatal(handle_.get()); }

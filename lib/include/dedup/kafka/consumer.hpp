@@ -136,7 +136,8 @@ class Consumer {
   void report_lag() noexcept;
 
   // Collects the commit on its way, if any (commits nothing new), leaves the group (revoking the
-  // assignment), and closes. Idempotent. Never throws; errors are logged.
+  // assignment), and closes. Returns within about 10 s even when the group does not answer (the
+  // consumer is then closed without leaving). Idempotent. Never throws; errors are logged.
   void close() noexcept;
 
   // Throws KafkaError(fatal = true) if librdkafka raised a fatal error on this consumer.
@@ -152,6 +153,8 @@ class Consumer {
   // was stashed.
   bool poll_one(std::chrono::milliseconds timeout);
   void forget(const std::set<TopicPartition>& partitions);
+  // Leaves the group, serving its last rebalance; false if it did not finish within `deadline`.
+  bool leave_group_within(std::chrono::seconds deadline) noexcept;
   // finish_commit before partitions are given up (`moment`: "revoked", "lost", "closed"); logs
   // a failure. Never throws: the partitions must go all the same.
   void collect_commit_before_release(const char* moment) noexcept;
@@ -171,6 +174,7 @@ class Consumer {
   PartitionStash stash_;  // fetched but not yet handed out
   bool paused_ = false;
   bool closed_ = false;
+  bool incremental_ = false;  // the cooperative rebalance protocol (incremental assign/unassign)
   AccessError access_error_;
   // An offset with the assignment it was read under.
   struct AssignedOffset {
