@@ -224,25 +224,26 @@ TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
 
 // close() serves the revocation of what is still assigned (the worker's observer hears of it) and
 // returns soon even when the broker is gone: a worker told to stop during a Kafka outage exits
-// instead of waiting for Kubernetes' SIGKILL. Its librdkafka call now goes through a queue served
-// with a deadline, because librdkafka 2.0.2's rd_kafka_consumer_close() can wait for ever when a
+// instead of waiting for Kubernetes' SIGKILL. With the cooperative protocol it unsubscribes and
+// serves the revocation first, because librdkafka 2.0.2's close can wait for ever when a
 // cooperative assignment arrives while it closes (librdkafka #4527; a CI run hung 120 s in the
-// consumers' destructors of the cooperative test above; not reproduced here in 60 tries).
-TEST_F(KafkaClientTest, CloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) {
+// destructors of the test above; not reproduced here in 60 tries).
+void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, KafkaSettings settings) {
   class Revocations final : public Observer {
    public:
     void on_partition_revoked(std::int32_t /*partition*/) override { ++count; }
     int count = 0;
   } revocations;
-  cluster_.create_topic("closing", 1);
-  Consumer consumer({brokers_, unique_name("g"), {"closing"}, fast_group_settings()}, revocations);
+  cluster.create_topic("closing", 1);
+  Consumer consumer({cluster.bootstraps(), unique_name("g"), {"closing"}, std::move(settings)},
+                    revocations);
   const auto assigned_by = std::chrono::steady_clock::now() + 30s;
   while (consumer.assigned_count() == 0 && std::chrono::steady_clock::now() < assigned_by) {
     consumer.serve(100ms);
   }
   ASSERT_EQ(consumer.assigned_count(), 1u);
 
-  cluster_.set_broker_down();
+  cluster.set_broker_down();
   const auto started = std::chrono::steady_clock::now();
   consumer.close();
   const auto took = std::chrono::steady_clock::now() - started;
@@ -251,6 +252,16 @@ TEST_F(KafkaClientTest, CloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) 
   EXPECT_EQ(consumer.assigned_count(), 0u);
   consumer.close();  // idempotent
   EXPECT_EQ(revocations.count, 1);
+}
+
+TEST_F(KafkaClientTest, CloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) {
+  expect_close_serves_revocation_with_broker_down(cluster_, fast_group_settings());
+}
+
+TEST_F(KafkaClientTest, CooperativeCloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) {
+  KafkaSettings settings = fast_group_settings();
+  settings[config_key::kPartitionAssignmentStrategy] = "cooperative-sticky";
+  expect_close_serves_revocation_with_broker_down(cluster_, std::move(settings));
 }
 
 // Regression (issue 8, defect 1): an eager rebalance that revokes a partition and assigns it back

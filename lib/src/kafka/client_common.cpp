@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <array>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -33,18 +33,14 @@ void log_line(const rd_kafka_t* rk, int level, const char* facility, const char*
 
 void install_log_callback(rd_kafka_conf_t* conf) { rd_kafka_conf_set_log_cb(conf, &log_line); }
 
-namespace {
-
-// The current value of `key` in librdkafka's own spelling (e.g. acks=all reads back as "-1"), or
-// "" when it cannot be read (a topic-level property before any topic property was set).
 std::string read_conf(const rd_kafka_conf_t* conf, const char* key) {
-  std::array<char, 512> value{};
-  std::size_t size = value.size();
+  std::size_t size = 0;  // asked first: a value has no length limit
+  if (rd_kafka_conf_get(conf, key, nullptr, &size) != RD_KAFKA_CONF_OK || size == 0) return {};
+  std::string value(size, '\0');
   if (rd_kafka_conf_get(conf, key, value.data(), &size) != RD_KAFKA_CONF_OK) return {};
-  return value.data();
+  value.resize(std::min(size, value.size()) - 1);  // the size counts the terminating NUL
+  return value;
 }
-
-}  // namespace
 
 ConfPtr build_conf(const KafkaSettings& defaults, const KafkaSettings& settings,
                    std::initializer_list<Forced> forced) {

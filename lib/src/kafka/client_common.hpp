@@ -1,6 +1,7 @@
 // Private helpers shared by the consumer and the producer.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "dedup/kafka/handles.hpp"
@@ -10,6 +11,10 @@ namespace dedup::kafka::detail {
 
 // Routes librdkafka's log lines (emitted from its own threads) to spdlog, at the matching level.
 void install_log_callback(rd_kafka_conf_t* conf);
+
+// The current value of `key` in librdkafka's own spelling (e.g. acks=all reads back as "-1"), or
+// "" when it cannot be read (a topic-level property before any topic property was set).
+std::string read_conf(const rd_kafka_conf_t* conf, const char* key);
 
 // A new conf: `defaults`, then the user's `settings`, then the `forced` ones, which carry the
 // delivery guarantees. Throws ConfigError("-X <key>", ...) for a bad setting or a user setting

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <map>
-#include <string_view>
 
 #include "kafka/client_common.hpp"
 
@@ -13,8 +12,9 @@ namespace {
 
 constexpr const char* kDefaultAutoOffsetReset = "earliest";
 constexpr auto kPollSlice = std::chrono::milliseconds(100);
-// How long close() waits for the group coordinator to let the consumer go: a LeaveGroup and the
-// revocation of its partitions, well under a second when the group is healthy.
+// How long close() waits for the group to let the consumer go: the revocation of its partitions
+// and a LeaveGroup, well under a second when the group is healthy (librdkafka gives up on an
+// unanswered LeaveGroup after 5 s).
 constexpr auto kCloseDeadline = std::chrono::seconds(10);
 
 std::string bytes(const void* data, std::size_t size) {
@@ -64,12 +64,8 @@ std::set<TopicPartition> to_set(const rd_kafka_topic_partition_list_t* list) {
 // Read from the configuration, not with rd_kafka_rebalance_protocol(), which waits on librdkafka's
 // main thread and can hang in a rebalance served while the consumer closes (librdkafka #4041).
 bool cooperative(const rd_kafka_conf_t* conf) {
-  char value[512];
-  std::size_t size = sizeof value;
-  if (rd_kafka_conf_get(conf, config_key::kPartitionAssignmentStrategy, value, &size) != RD_KAFKA_CONF_OK) {
-    return false;
-  }
-  return std::string_view(value).find("cooperative") != std::string_view::npos;
+  return detail::read_conf(conf, config_key::kPartitionAssignmentStrategy).find("cooperative") !=
+         std::string::npos;
 }
 
 }  // namespace
@@ -124,7 +120,13 @@ Consumer::Consumer(const ConsumerOptions& options, Observer& observer)
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) throw KafkaError("cannot subscribe", err);
 }
 
-Consumer::~Consumer() { close(); }
+Consumer::~Consumer() {
+  close();
+  // A consumer that did not finish leaving its group is waiting inside librdkafka, and
+  // rd_kafka_destroy() would wait with it (it joins librdkafka's main thread, which ends only with
+  // the group). The process is about to exit: the handle is left to it.
+  if (abandoned_) (void)handle_.release();
+}
 
 void Consumer::on_rebalance(rd_kafka_t* /*rk*/, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t* partitions, void* self) {
@@ -387,37 +389,52 @@ void Consumer::close() noexcept {
   if (closed_ || !handle_) return;
   closed_ = true;
   collect_commit_before_release("closed");
-  if (!leave_group_within(kCloseDeadline)) {
+  const auto until = std::chrono::steady_clock::now() + kCloseDeadline;
+  if (incremental_) give_back_assignment(until);
+  if (!leave_group(until)) {
     // Nothing is lost by giving up: every offset this consumer will ever commit is committed (or
-    // refused) by now, and its partitions move to another member when its session times out.
+    // refused) by now, and its partitions move to another member once its session times out.
     spdlog::warn(
-        "kafka consumer did not leave its group within {} s; closed without leaving (its "
-        "partitions move once its session times out)",
+        "kafka consumer did not leave its group within {} s; left as it is until the process "
+        "exits (its partitions move once its session times out)",
         kCloseDeadline.count());
-    commit_queue_.reset();  // a queue must not outlive its handle
-    rd_kafka_destroy_flags(handle_.release(), RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    abandoned_ = true;
   }
   assigned_count_.store(0);
 }
 
-bool Consumer::leave_group_within(std::chrono::seconds deadline) noexcept {
-  // rd_kafka_consumer_close() has no deadline, and librdkafka 2.0.2 can wait in it for ever when
-  // a cooperative assignment arrives while it closes (librdkafka issue #4527, fixed in 2.4.0;
-  // seen here as a test hung at exit). The same close through a queue served here has one.
+void Consumer::give_back_assignment(std::chrono::steady_clock::time_point until) noexcept {
+  // librdkafka 2.0.2 can wait for ever in its close when a cooperative assignment arrives while
+  // it closes (librdkafka #4527, fixed in 2.4.0; a CI run hung in a test's destructors). Leaving
+  // the subscription first, and serving the revocation (and any assignment still on its way) the
+  // usual way, leaves nothing to arrive during the close.
+  if (const rd_kafka_resp_err_t err = rd_kafka_unsubscribe(handle_.get());
+      err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    spdlog::warn("kafka consumer unsubscribe: {}", rd_kafka_err2name(err));
+    return;
+  }
+  try {
+    while (!assigned_.empty() && std::chrono::steady_clock::now() < until) poll_one(kPollSlice);
+  } catch (const std::exception& e) {  // a fatal error: the close below finds it too
+    spdlog::warn("kafka consumer while giving back its partitions: {}", e.what());
+  }
+}
+
+bool Consumer::leave_group(std::chrono::steady_clock::time_point until) noexcept {
+  // rd_kafka_consumer_close() has no deadline; the same close through a queue served here has.
   rd_kafka_t* rk = handle_.get();
   const QueuePtr events(rd_kafka_queue_new(rk));
   if (const ErrorPtr error(rd_kafka_consumer_close_queue(rk, events.get())); error) {
     spdlog::warn("kafka consumer close: {}", rd_kafka_error_string(error.get()));
     return true;  // refused (a fatal error): there is no group to leave
   }
-  const auto until = std::chrono::steady_clock::now() + deadline;
   while (rd_kafka_consumer_closed(rk) == 0) {
     if (std::chrono::steady_clock::now() >= until) return false;
     const EventPtr event(rd_kafka_queue_poll(events.get(), static_cast<int>(kPollSlice.count())));
     // The revocation of what is still assigned comes as an event here, not as a callback.
     if (event && rd_kafka_event_type(event.get()) == RD_KAFKA_EVENT_REBALANCE) {
-      handle_rebalance(rd_kafka_event_error(event.get()),
-                       rd_kafka_event_topic_partition_list(event.get()));
+      on_rebalance(rk, rd_kafka_event_error(event.get()),
+                   rd_kafka_event_topic_partition_list(event.get()), this);
     }
   }
   return true;

@@ -136,8 +136,9 @@ class Consumer {
   void report_lag() noexcept;
 
   // Collects the commit on its way, if any (commits nothing new), leaves the group (revoking the
-  // assignment), and closes. Returns within about 10 s even when the group does not answer (the
-  // consumer is then closed without leaving). Idempotent. Never throws; errors are logged.
+  // assignment), and closes. Returns within about 10 s even when librdkafka does not let the
+  // group go: the handle is then never destroyed (see ~Consumer). Idempotent. Never throws;
+  // errors are logged.
   void close() noexcept;
 
   // Throws KafkaError(fatal = true) if librdkafka raised a fatal error on this consumer.
@@ -153,8 +154,12 @@ class Consumer {
   // was stashed.
   bool poll_one(std::chrono::milliseconds timeout);
   void forget(const std::set<TopicPartition>& partitions);
-  // Leaves the group, serving its last rebalance; false if it did not finish within `deadline`.
-  bool leave_group_within(std::chrono::seconds deadline) noexcept;
+  // Cooperative protocol, before leave_group: unsubscribes and serves rebalances until nothing is
+  // assigned (or `until`).
+  void give_back_assignment(std::chrono::steady_clock::time_point until) noexcept;
+  // Closes the consumer's group membership, serving its last rebalance; false if librdkafka did
+  // not finish by `until`.
+  bool leave_group(std::chrono::steady_clock::time_point until) noexcept;
   // finish_commit before partitions are given up (`moment`: "revoked", "lost", "closed"); logs
   // a failure. Never throws: the partitions must go all the same.
   void collect_commit_before_release(const char* moment) noexcept;
@@ -175,6 +180,7 @@ class Consumer {
   bool paused_ = false;
   bool closed_ = false;
   bool incremental_ = false;  // the cooperative rebalance protocol (incremental assign/unassign)
+  bool abandoned_ = false;    // close() gave up waiting for librdkafka: never destroy the handle
   AccessError access_error_;
   // An offset with the assignment it was read under.
   struct AssignedOffset {

@@ -20,8 +20,8 @@
 namespace dedup::kafka {
 
 // One deleter per handle type, one line each. Destroying a consumer handle does not close the
-// consumer: Consumer calls rd_kafka_consumer_close() first, because closing can block and must
-// happen at a point the worker chooses, not in a destructor during unwinding.
+// consumer: Consumer::close() does that first (through rd_kafka_consumer_close_queue, with a
+// deadline), because closing can block and must happen at a point the worker chooses.
 struct HandleDeleter {
   void operator()(rd_kafka_t* p) const noexcept { rd_kafka_destroy(p); }
 };
