@@ -41,6 +41,14 @@ std::vector<InboundRecord> poll_records(Consumer& consumer, std::size_t count,
   return read;
 }
 
+// Serves `consumer` until it has `count` partitions assigned or `within` passed.
+void serve_until_assigned(Consumer& consumer, std::size_t count, std::chrono::seconds within) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (consumer.assigned_count() < count && std::chrono::steady_clock::now() < deadline) {
+    consumer.serve(100ms);
+  }
+}
+
 class KafkaClientTest : public ::testing::Test {
  protected:
   MockCluster cluster_;
@@ -166,9 +174,7 @@ TEST_F(KafkaClientTest, PausedConsumerServesTheGroupButDeliversNothingUntilResum
   Observer observer;
   Consumer consumer({brokers_, unique_name("g"), {"paused"}, fast_group_settings()}, observer);
   const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (consumer.assigned_count() < 2 && std::chrono::steady_clock::now() < deadline) {
-    consumer.serve(100ms);
-  }
+  serve_until_assigned(consumer, 2, 20s);
   ASSERT_EQ(consumer.assigned_count(), 2u);
 
   consumer.pause_all();
@@ -237,10 +243,7 @@ void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, Kafka
   cluster.create_topic("closing", 1);
   Consumer consumer({cluster.bootstraps(), unique_name("g"), {"closing"}, std::move(settings)},
                     revocations);
-  const auto assigned_by = std::chrono::steady_clock::now() + 30s;
-  while (consumer.assigned_count() == 0 && std::chrono::steady_clock::now() < assigned_by) {
-    consumer.serve(100ms);
-  }
+  serve_until_assigned(consumer, 1, 30s);
   ASSERT_EQ(consumer.assigned_count(), 1u);
 
   cluster.set_broker_down();
@@ -590,10 +593,7 @@ TEST(DevBroker, WritesBootstrapFileAtomicallyAndServesUntilStopped) {
     // The three partitions exist.
     Observer observer;
     Consumer consumer({address, unique_name("g"), {"commands"}, fast_group_settings()}, observer);
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (consumer.assigned_count() < 3 && std::chrono::steady_clock::now() < until) {
-      consumer.serve(100ms);
-    }
+    serve_until_assigned(consumer, 3, 10s);
     EXPECT_EQ(consumer.assigned_count(), 3u);
   }
 

@@ -141,11 +141,10 @@ void Consumer::on_rebalance(rd_kafka_t* /*rk*/, rd_kafka_resp_err_t err,
 void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
                                 rd_kafka_topic_partition_list_t* partitions) {
   rd_kafka_t* rk = handle_.get();
-  const bool incremental = incremental_;
   const std::set<TopicPartition> changed = to_set(partitions);
 
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (incremental) {
+    if (incremental_) {
       ErrorPtr error(rd_kafka_incremental_assign(rk, partitions));
       if (error) observer_.on_kafka_error(rd_kafka_error_name(error.get()));
     } else {
@@ -170,11 +169,11 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
       observer_.on_kafka_error(rd_kafka_err2name(err));
     }
     std::set<TopicPartition> gone = changed;
-    if (!incremental) {  // eager: everything goes
+    if (!incremental_) {  // eager: everything goes
       for (const auto& entry : assigned_) gone.insert(entry.first);
     }
     forget(gone);
-    if (incremental) {
+    if (incremental_) {
       ErrorPtr error(rd_kafka_incremental_unassign(rk, partitions));
       if (error) observer_.on_kafka_error(rd_kafka_error_name(error.get()));
     } else {
