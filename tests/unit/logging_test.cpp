@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "dedup/errors.hpp"
+#include "dedup/json_text.hpp"
 #include "dedup/logging.hpp"
 
 namespace dedup {
@@ -96,6 +97,69 @@ TEST(Logging, JsonLinesCarryTheDocumentedFields) {
   EXPECT_EQ(line.at("offset"), 7);
   EXPECT_EQ(line.at("entity_id"), 47);
   EXPECT_TRUE(line.at("ts").get<std::string>().ends_with("Z"));
+}
+
+// A result's fields are written straight to text (they are not built as a json object first, for
+// every created entity): exactly the object's compact JSON, names in bytewise order, whatever bytes
+// the record brought. Compared byte for byte, from "msg" on.
+TEST(Logging, ResultFieldsAreWrittenExactlyAsTheirJsonObject) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  LoggingObserver observer;
+  CommandResult created = result_of(Status::created, 7);
+  // NUL, a quote, a control character and a byte that is not UTF-8 (replaced by U+FFFD).
+  created.scope = std::string("org\0\"\x1f\xff", 7);
+  created.idempotency_key = "cl\xc3\xa9-7";
+  created.entity = json{{"id", exact_number("12345678901234567890.5")}};
+  CommandResult text_id = result_of(Status::created, 8);
+  text_id.entity = json{{"id", "a\\b"}};
+  CommandResult rejected = result_of(Status::rejected, 9);
+  rejected.entity = nullptr;
+  rejected.rejection = Rejection{RejectCode::invalid_json, "line 1:\n\"x\""};
+  observer.on_result_published(created, 0);
+  observer.on_result_published(text_id, 0);
+  observer.on_result_published(rejected, 0);
+  observer.on_results_published();
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 3u);
+  const auto from_msg = [](const std::string& line) { return line.substr(line.find(R"(,"msg":)")); };
+  EXPECT_EQ(from_msg(lines[0]), R"(,"msg":"entity created","entity_id":"12345678901234567890.5",)"
+                                "\"key\":\"cl\xc3\xa9-7\",\"offset\":7,\"partition\":2,"
+                                R"("scope":"org\u0000\"\u001f)" "\xef\xbf\xbd" R"(","status":"created",)"
+                                R"("type":"todo.create"})");
+  EXPECT_EQ(from_msg(lines[1]), R"(,"msg":"entity created","entity_id":"a\\b","key":"key-8","offset":8,)"
+                                R"("partition":2,"scope":"org-1","status":"created","type":"todo.create"})");
+  EXPECT_EQ(from_msg(lines[2]), R"(,"msg":"record rejected and dead-lettered","error":"line 1:\n\"x\"",)"
+                                R"("key":"key-9","offset":9,"partition":2,"reason":")" +
+                                    std::string(to_string(RejectCode::invalid_json)) +
+                                    R"(","scope":"org-1","status":"rejected","type":"todo.create"})");
+}
+
+// The extra fields of the lines that have them, in their place among the result's: a conflict's
+// constraint, and how many replays were held back before the one that is logged.
+TEST(Logging, ConflictAndRateLimitedLinesCarryTheirExtraFieldsInNameOrder) {
+  configure_logging("info", "json");
+  CapturedStderr captured;
+  LoggingObserver observer(2);
+  CommandResult conflict = result_of(Status::conflict, 1);
+  conflict.entity = nullptr;
+  conflict.error = json{{"constraint", "todos_title_key"}};
+  observer.on_result_published(conflict, 0);
+  for (std::int64_t offset = 2; offset <= 4; ++offset) {  // two pass, the third is held back
+    observer.on_result_published(result_of(Status::duplicate, offset), 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // one token back at 2/s
+  observer.on_result_published(result_of(Status::duplicate, 5), 0);
+  observer.on_results_published();
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 4u);
+  const auto from_msg = [](const std::string& line) { return line.substr(line.find(R"(,"msg":)")); };
+  EXPECT_EQ(from_msg(lines[0]), R"(,"msg":"command conflicts with existing data","constraint":"todos_title_key",)"
+                                R"("key":"key-1","offset":1,"partition":2,"scope":"org-1","status":"conflict",)"
+                                R"("type":"todo.create"})");
+  EXPECT_EQ(from_msg(lines[3]), R"(,"msg":"replayed stored result","entity_id":45,"key":"key-5","offset":5,)"
+                                R"("partition":2,"scope":"org-1","status":"duplicate","suppressed_before":1,)"
+                                R"("type":"todo.create"})");
 }
 
 // The contract's order ({"ts","level","msg",...fields}), and a line's own keys stay its own: a

@@ -25,5 +25,7 @@ class SystemClock final : public Clock {
 
 // RFC 3339 in UTC with milliseconds, e.g. "2026-11-22T10:00:00.123Z" (SPEC §2).
 std::string format_timestamp(Timestamp t);
+// The same text appended to `out` (it needs no escaping inside a JSON string).
+void append_timestamp(std::string& out, Timestamp t);
 
 }  // namespace dedup

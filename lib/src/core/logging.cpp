@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
+#include <string>
+#include <functional>
 
 #include "dedup/errors.hpp"
 #include "stderr_sink.hpp"
@@ -24,8 +27,8 @@ using json = nlohmann::json;
 // committed anyway (held lines are written by flush_logs(), before the commit).
 thread_local const std::string* t_fields = nullptr;
 
-std::string iso_time(spdlog::log_clock::time_point time) {
-  return format_timestamp(std::chrono::time_point_cast<std::chrono::microseconds>(time));
+Timestamp timestamp_of(spdlog::log_clock::time_point time) {
+  return std::chrono::time_point_cast<std::chrono::microseconds>(time);
 }
 
 class StructuredFormatter final : public spdlog::formatter {
@@ -42,11 +45,11 @@ class StructuredFormatter final : public spdlog::formatter {
       // Written out rather than built as a json object: this runs for every created entity, on the
       // worker loop's thread. log_event's fields (one dumped object) are spliced in after "msg".
       line = R"({"ts":")";
-      line += iso_time(msg.time);
+      append_timestamp(line, timestamp_of(msg.time));
       line += R"(","level":")";
       line += level_name;
       line += R"(","msg":)";
-      line += json(message).dump(-1, ' ', false, json::error_handler_t::replace);
+      write_json_string(line, message);
       if (fields.size() > 2) {
         line += ',';
         line += fields.substr(1);
@@ -54,7 +57,8 @@ class StructuredFormatter final : public spdlog::formatter {
         line += '}';
       }
     } else {
-      line = fmt::format("{} {:<5} {}", iso_time(msg.time), level_name, message);
+      line = fmt::format("{} {:<5} {}", format_timestamp(timestamp_of(msg.time)), level_name,
+                         message);
       auto parsed = json::parse(fields, nullptr, /*allow_exceptions=*/false);
       if (!parsed.is_object()) parsed = json::object();  // none (a plain spdlog call)
       for (const auto& [key, value] : parsed.items()) {
@@ -94,19 +98,87 @@ spdlog::level::level_enum to_spdlog(LogLevel level) {
   return spdlog::level::info;
 }
 
-json result_fields(const CommandResult& result) {
-  json fields = {{"status", to_string(result.status)},
-                 {"partition", result.source.partition},
-                 {"offset", result.source.offset}};
-  if (result.scope) fields["scope"] = *result.scope;
-  if (result.idempotency_key) fields["key"] = *result.idempotency_key;
-  if (result.type) fields["type"] = *result.type;
+// A line's fields written as JSON text without building a json object first: the fields of a
+// result's line are written for every created entity, on the worker loop's thread. Names are kept
+// in bytewise order, as a dumped json object has them (names are literals).
+class LineFields {
+ public:
+  LineFields() { fields_.reserve(10); }  // a result's seven, and those a line adds
+  LineFields& text(std::string_view name, std::string_view value) {
+    std::string written;
+    write_json_string(written, value);
+    return add(name, std::move(written));
+  }
+  LineFields& integer(std::string_view name, std::int64_t value) {
+    return add(name, std::to_string(value));
+  }
+  LineFields& value(std::string_view name, const json& any) { return add(name, to_json_text(any)); }
+
+  std::string object() && {
+    std::stable_sort(fields_.begin(), fields_.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::string out = "{";
+    for (const auto& [name, written] : fields_) {
+      if (out.size() > 1) out += ',';
+      write_json_string(out, name);
+      out += ':';
+      out += written;
+    }
+    out += '}';
+    return out;
+  }
+
+ private:
+  LineFields& add(std::string_view name, std::string written) {
+    fields_.emplace_back(name, std::move(written));
+    return *this;
+  }
+  std::vector<std::pair<std::string_view, std::string>> fields_;
+};
+
+LineFields result_fields(const CommandResult& result) {
+  LineFields fields;
+  fields.text("status", to_string(result.status))
+      .integer("partition", result.source.partition)
+      .integer("offset", result.source.offset);
+  if (result.scope) fields.text("scope", *result.scope);
+  if (result.idempotency_key) fields.text("key", *result.idempotency_key);
+  if (result.type) fields.text("type", *result.type);
   if (result.entity.is_object() && result.entity.contains("id")) {
     const auto& id = result.entity["id"];
     // An id that is not a 64-bit integer (numeric, text) is logged as its exact text.
-    fields["entity_id"] = is_exact_number(id) ? json(std::string(exact_number_text(id))) : id;
+    if (is_exact_number(id)) {
+      fields.text("entity_id", exact_number_text(id));
+    } else {
+      fields.value("entity_id", id);
+    }
   }
   return fields;
+}
+
+// Writes one line with its fields (a JSON object's text, or empty for none).
+void write_line(LogLevel level, std::string_view message, const std::string& fields,
+                LogFlush flush) {
+  struct FieldsBeside {
+    explicit FieldsBeside(const std::string& text) : outer(std::exchange(t_fields, &text)) {}
+    ~FieldsBeside() { t_fields = outer; }
+    const std::string* outer;
+    FieldsBeside(const FieldsBeside&) = delete;
+    FieldsBeside& operator=(const FieldsBeside&) = delete;
+  } beside(fields);
+  spdlog::logger* logger = spdlog::default_logger_raw();
+  if (flush == LogFlush::held && held_logger()) logger = held_logger().get();
+  logger->log(to_spdlog(level), "{}", message);
+}
+
+// A line about a result, with its fields and `more` (checked first: building the fields costs more
+// than the check, for every created entity).
+void log_result(LogLevel level, std::string_view message, const CommandResult& result,
+                const std::function<void(LineFields&)>& more = {}) {
+  if (!log_enabled(level)) return;
+  LineFields fields = result_fields(result);
+  if (more) more(fields);
+  write_line(level, message, std::move(fields).object(), LogFlush::held);
 }
 
 }  // namespace
@@ -146,7 +218,7 @@ void log_event(LogLevel level, std::string_view message, const json& fields, Log
   std::string dumped;
   if (fields.is_object() && !fields.empty()) {
     if (!fields.contains("ts") && !fields.contains("level") && !fields.contains("msg")) {
-      dumped = fields.dump(-1, ' ', false, json::error_handler_t::replace);
+      dumped = to_json_text(fields);
     } else {
       // The line's own keys stay its own; a renamed field takes a name no other field has.
       json renamed = fields;
@@ -159,19 +231,10 @@ void log_event(LogLevel level, std::string_view message, const json& fields, Log
           renamed[name] = std::move(value);
         }
       }
-      dumped = renamed.dump(-1, ' ', false, json::error_handler_t::replace);
+      dumped = to_json_text(renamed);
     }
   }
-  struct FieldsBeside {
-    explicit FieldsBeside(const std::string& text) : outer(std::exchange(t_fields, &text)) {}
-    ~FieldsBeside() { t_fields = outer; }
-    const std::string* outer;
-    FieldsBeside(const FieldsBeside&) = delete;
-    FieldsBeside& operator=(const FieldsBeside&) = delete;
-  } beside(dumped);
-  spdlog::logger* logger = spdlog::default_logger_raw();
-  if (flush == LogFlush::held && held_logger()) logger = held_logger().get();
-  logger->log(to_spdlog(level), "{}", message);
+  write_line(level, message, dumped, flush);
 }
 
 RateLimiter::RateLimiter(double per_second)
@@ -211,48 +274,44 @@ void LoggingObserver::on_keys_expired(std::size_t count) {
 
 void LoggingObserver::on_result_published(const CommandResult& result, double /*e2e*/) {
   std::size_t suppressed = 0;
-  auto fields = [&] {
-    auto f = result_fields(result);
-    if (suppressed > 0) f["suppressed_before"] = suppressed;
-    return f;
+  const auto counted = [&](LineFields& fields) {
+    if (suppressed > 0) fields.integer("suppressed_before", static_cast<std::int64_t>(suppressed));
   };
   if (result.cross_scope_key_reuse) {
     // Security-relevant and rare: never rate limited.
-    log_event(LogLevel::warn, "idempotency key already used under another scope", result_fields(result),
-              LogFlush::held);
+    log_result(LogLevel::warn, "idempotency key already used under another scope", result);
   }
   switch (result.status) {
     case Status::created:
-      // Checked first: building the fields costs more than the check, for every created entity.
-      if (log_enabled(LogLevel::info)) {
-        log_event(LogLevel::info, "entity created", result_fields(result), LogFlush::held);
-      }
+      log_result(LogLevel::info, "entity created", result);
       break;
     case Status::duplicate:
     case Status::conflict:
       if (result.status == Status::conflict && !result.replayed) {
-        if (!log_enabled(LogLevel::info)) break;
-        auto f = result_fields(result);
-        f["constraint"] = result.error.value("constraint", json());
-        log_event(LogLevel::info, "command conflicts with existing data", f, LogFlush::held);
+        log_result(LogLevel::info, "command conflicts with existing data", result,
+                   [&](LineFields& fields) {
+                     fields.value("constraint", result.error.value("constraint", json()));
+                   });
       } else if (replays_.allow(suppressed)) {
-        log_event(LogLevel::info, "replayed stored result", fields(), LogFlush::held);
+        log_result(LogLevel::info, "replayed stored result", result, counted);
       }
       break;
     case Status::key_reused:
       if (mismatches_.allow(suppressed)) {
-        log_event(LogLevel::info, "idempotency key reused with a different payload", fields(),
-                  LogFlush::held);
+        log_result(LogLevel::info, "idempotency key reused with a different payload", result,
+                   counted);
       }
       break;
     case Status::rejected:
       if (rejections_.allow(suppressed)) {
-        auto f = fields();
-        if (result.rejection) {
-          f["reason"] = to_string(result.rejection->code);
-          f["error"] = result.rejection->message;
-        }
-        log_event(LogLevel::warn, "record rejected and dead-lettered", f, LogFlush::held);
+        log_result(LogLevel::warn, "record rejected and dead-lettered", result,
+                   [&](LineFields& fields) {
+                     counted(fields);
+                     if (result.rejection) {
+                       fields.text("reason", to_string(result.rejection->code));
+                       fields.text("error", result.rejection->message);
+                     }
+                   });
       }
       break;
   }

@@ -75,12 +75,15 @@ std::string CommandResult::to_json_text(const OmittedEntity* omitted) const {
   if (status == Status::rejected) {
     out += "null";
   } else {
-    write_json_string(out, format_timestamp(first_processed_at));
+    out += '"';
+    append_timestamp(out, first_processed_at);
+    out += '"';
   }
   out += R"(,"idempotency_key":)";
   write_optional_string(out, idempotency_key);
-  out += R"(,"processed_at":)";
-  write_json_string(out, format_timestamp(processed_at));
+  out += R"(,"processed_at":")";
+  append_timestamp(out, processed_at);
+  out += '"';
   out += R"(,"replayed":)";
   out += replayed ? "true" : "false";
   out += R"(,"scope":)";
