@@ -38,6 +38,7 @@
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/database_lanes.hpp"
 #include "dedup/logging.hpp"
+#include "dedup/metrics.hpp"
 #include "dedup/postgres.hpp"
 #include "dedup/processor.hpp"
 #include "dedup/worker.hpp"
@@ -202,6 +203,17 @@ using dedup::bench::reset_schema;
 
 std::string command_value(int i) { return dedup::bench::command_body(i).dump(); }
 
+// One record of the load, keyed by its idempotency key, as a producer that wants a key's
+// redeliveries on one partition sends it. Unkeyed, librdkafka's sticky partitioner put a backlog
+// produced in one go mostly into one partition (embedded broker, 16 partitions, 100,000 records:
+// all but the backlog's first two batches held a single partition), and 4 lanes measured one lane.
+struct Load {
+  std::string key;
+  std::string value;
+};
+
+Load command_load(int i) { return {dedup::bench::key_of(i), command_value(i)}; }
+
 // A plain librdkafka producer for the load: what a client application would run.
 class LoadProducer {
  public:
@@ -212,10 +224,12 @@ class LoadProducer {
                                                         {"compression.type", "lz4"},
                                                         {"enable.idempotence", "true"}}))) {}
 
-  void send(const std::string& topic, const std::string& value) {
+  void send(const std::string& topic, const Load& load) {
     for (;;) {
       const auto err = rd_kafka_producev(handle_.get(), RD_KAFKA_V_TOPIC(topic.c_str()),
-                                         RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+                                         RD_KAFKA_V_KEY(load.key.data(), load.key.size()),
+                                         RD_KAFKA_V_VALUE(const_cast<char*>(load.value.data()),
+                                                          load.value.size()),
                                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
       if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
       if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) throw std::runtime_error(rd_kafka_err2str(err));
@@ -406,7 +420,9 @@ int main(int argc, char** argv) try {
   CLI::App app{"dedup_bench_worker: the worker end to end through Kafka, beside raw Postgres"};
   add_flags(app, options);
   if (const auto done = dedup::bench::parse_command_line(app, argc, argv)) return *done;
-  dedup::configure_logging("warn", "text");  // stderr, and only what matters
+  // As `dedup-worker run` logs by default: JSON at info, an audit line per created entity (bench/run
+  // sends stderr to a file).
+  dedup::configure_logging("info", "json");
   const std::string schema = "bench_worker";
   const std::string core_schema = "bench_worker_core";
   const std::string raw_schema = "bench_worker_raw";
@@ -442,10 +458,15 @@ int main(int argc, char** argv) try {
   }
 
   Recorder recorder;
+  // The observers `dedup-worker run` has (metrics, logs) beside the bench's own: their cost per
+  // record is the worker's.
+  dedup::Metrics metrics({"todo.create"}, "bench");
+  dedup::LoggingObserver logs;
+  dedup::FanOutObserver observers({&recorder, &metrics, &logs});
   dedup::SystemClock clock;
   // As worker/main.cpp's run_worker: N lanes, each a processor over its own key store.
   dedup::DatabaseLanes lanes(lanes_count, dedup::PostgresOptions{.conninfo = options.db, .schema = schema},
-                             catalog, clock, recorder, dedup::ParseOptions{}, options.max_batch);
+                             catalog, clock, observers, dedup::ParseOptions{}, options.max_batch);
   CountedBatches processor(lanes, recorder);
   dedup::WorkerOptions worker_options;
   worker_options.brokers = brokers;
@@ -470,15 +491,15 @@ int main(int argc, char** argv) try {
 
   // Every value of the backlog and the bursts, built before any clock runs: the load generator
   // shares this machine's cores with the worker, and a client's cost is not the worker's.
-  std::vector<std::string> values(static_cast<std::size_t>(2 * n));
-  for (int i = 0; i < 2 * n; ++i) values[i] = command_value(i);
-  auto value_of = [&](int i) -> const std::string& { return values[i]; };
+  std::vector<Load> values(static_cast<std::size_t>(2 * n));
+  for (int i = 0; i < 2 * n; ++i) values[i] = command_load(i);
+  auto value_of = [&](int i) -> const Load& { return values[i]; };
 
   // A backlog: n new commands waiting before the worker starts. Drained from the first batch to
   // the last committed offset, so the group join is not counted as throughput (it is printed).
   for (int i = 0; i < n; ++i) producer.send(topic, value_of(i));
   producer.flush();
-  dedup::Worker worker(worker_options, processor, recorder);
+  dedup::Worker worker(worker_options, processor, observers);
   const auto worker_start = SteadyClock::now();
   std::thread loop([&] { worker.run(); });
   struct StopOnExit {  // also when a check below throws: never destroy a joinable thread
@@ -525,14 +546,14 @@ int main(int argc, char** argv) try {
   const double duplicate_rate = options.latency_rate > 0 ? options.latency_rate : worker_duplicate / 2;
   // Values are built before the clock runs: the load generator shares this machine's 2 cores.
   const int paced_total = static_cast<int>(std::max(unique_rate, duplicate_rate) * options.latency_seconds) + 1;
-  std::vector<std::string> fresh_values(paced_total);
-  std::vector<std::string> seen_values(paced_total);
+  std::vector<Load> fresh_values(paced_total);
+  std::vector<Load> seen_values(paced_total);
   for (int i = 0; i < paced_total; ++i) {
-    fresh_values[i] = command_value(10 * n + i);
-    seen_values[i] = command_value(i % n);
+    fresh_values[i] = command_load(10 * n + i);
+    seen_values[i] = command_load(i % n);
   }
-  auto fresh = [&](int i) -> const std::string& { return fresh_values[i]; };
-  auto seen = [&](int i) -> const std::string& { return seen_values[i]; };
+  auto fresh = [&](int i) -> const Load& { return fresh_values[i]; };
+  auto seen = [&](int i) -> const Load& { return seen_values[i]; };
   recorder.take_batch_stats();
   const auto unique_latency = paced(producer, recorder, topic, unique_rate, options.latency_seconds, 0, fresh);
   const auto [unique_paced_batches, unique_paced_records, unique_paced_store] = recorder.take_batch_stats();
