@@ -100,8 +100,9 @@ TEST(Logging, JsonLinesCarryTheDocumentedFields) {
 }
 
 // A result's fields are written straight to text (they are not built as a json object first, for
-// every created entity): exactly the object's compact JSON, names in bytewise order, whatever bytes
-// the record brought. Compared byte for byte, from "msg" on.
+// every created entity): the object's compact JSON, names in bytewise order, whatever bytes the
+// record brought (each byte that is not UTF-8 becomes U+FFFD, as in the published result). Compared
+// byte for byte, from "msg" on.
 TEST(Logging, ResultFieldsAreWrittenExactlyAsTheirJsonObject) {
   configure_logging("info", "json");
   CapturedStderr captured;
@@ -109,7 +110,7 @@ TEST(Logging, ResultFieldsAreWrittenExactlyAsTheirJsonObject) {
   CommandResult created = result_of(Status::created, 7);
   // NUL, a quote, a control character and a byte that is not UTF-8 (replaced by U+FFFD).
   created.scope = std::string("org\0\"\x1f\xff", 7);
-  created.idempotency_key = "cl\xc3\xa9-7";
+  created.idempotency_key = "cl\xc3\xa9-\xe2\x82" "A";  // é, then a sequence cut short
   created.entity = json{{"id", exact_number("12345678901234567890.5")}};
   CommandResult text_id = result_of(Status::created, 8);
   text_id.entity = json{{"id", "a\\b"}};
@@ -124,7 +125,7 @@ TEST(Logging, ResultFieldsAreWrittenExactlyAsTheirJsonObject) {
   ASSERT_EQ(lines.size(), 3u);
   const auto from_msg = [](const std::string& line) { return line.substr(line.find(R"(,"msg":)")); };
   EXPECT_EQ(from_msg(lines[0]), R"(,"msg":"entity created","entity_id":"12345678901234567890.5",)"
-                                "\"key\":\"cl\xc3\xa9-7\",\"offset\":7,\"partition\":2,"
+                                "\"key\":\"cl\xc3\xa9-\xef\xbf\xbd\xef\xbf\xbd" "A\",\"offset\":7,\"partition\":2,"
                                 R"("scope":"org\u0000\"\u001f)" "\xef\xbf\xbd" R"(","status":"created",)"
                                 R"("type":"todo.create"})");
   EXPECT_EQ(from_msg(lines[1]), R"(,"msg":"entity created","entity_id":"a\\b","key":"key-8","offset":8,)"
@@ -230,6 +231,22 @@ TEST(Logging, TextFormatIsForHumans) {
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_NE(lines[0].find("warning database attempt failed kind=transient"), std::string::npos) << lines[0];
   EXPECT_THROW(json::parse(lines[0]), json::parse_error);
+}
+
+// The text format reads the fields back to write key=value pairs; fields it cannot read (a number
+// past a double's range inside an id) are written as they are, not dropped with the rest.
+TEST(Logging, TextFormatKeepsFieldsItCannotReadBack) {
+  configure_logging("info", "text");
+  CapturedStderr captured;
+  LoggingObserver observer;
+  CommandResult created = result_of(Status::created, 7);
+  created.entity = json{{"id", json{{"n", exact_number("1e400")}}}};
+  observer.on_result_published(created, 0);
+  observer.on_results_published();
+  const auto lines = captured.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find(R"("entity_id":{"n":1e400})"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find(R"("key":"key-7")"), std::string::npos) << lines[0];
 }
 
 TEST(Logging, EveryCreationIsAuditedButReplaysAreRateLimited) {

@@ -59,12 +59,17 @@ class StructuredFormatter final : public spdlog::formatter {
     } else {
       line = fmt::format("{} {:<5} {}", format_timestamp(timestamp_of(msg.time)), level_name,
                          message);
-      auto parsed = json::parse(fields, nullptr, /*allow_exceptions=*/false);
-      if (!parsed.is_object()) parsed = json::object();  // none (a plain spdlog call)
-      for (const auto& [key, value] : parsed.items()) {
-        line += fmt::format(" {}={}", key,
-                            value.is_string() ? value.get<std::string>()
-                                              : value.dump(-1, ' ', false, json::error_handler_t::replace));
+      const auto parsed = json::parse(fields, nullptr, /*allow_exceptions=*/false);
+      if (parsed.is_object()) {
+        for (const auto& [key, value] : parsed.items()) {
+          line += fmt::format(" {}={}", key,
+                              value.is_string() ? value.get<std::string>() : to_json_text(value));
+        }
+      } else if (!fields.empty()) {
+        // Fields nlohmann cannot read back (a number past a double's range inside an id): as
+        // written, rather than lost. None at all: a plain spdlog call.
+        line += ' ';
+        line += fields;
       }
     }
     line += '\n';
@@ -290,7 +295,9 @@ void LoggingObserver::on_result_published(const CommandResult& result, double /*
       if (result.status == Status::conflict && !result.replayed) {
         log_result(LogLevel::info, "command conflicts with existing data", result,
                    [&](LineFields& fields) {
-                     fields.value("constraint", result.error.value("constraint", json()));
+                     fields.value("constraint", result.error.is_object()
+                                                       ? result.error.value("constraint", json())
+                                                       : json());
                    });
       } else if (replays_.allow(suppressed)) {
         log_result(LogLevel::info, "replayed stored result", result, counted);
