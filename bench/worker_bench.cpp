@@ -460,7 +460,7 @@ int main(int argc, char** argv) try {
   Recorder recorder;
   // The observers `dedup-worker run` has (metrics, logs) beside the bench's own: their cost per
   // record is the worker's.
-  dedup::Metrics metrics({"todo.create"}, "bench");
+  dedup::Metrics metrics(catalog.type_names(), "bench");
   dedup::LoggingObserver logs;
   dedup::FanOutObserver observers({&recorder, &metrics, &logs});
   dedup::SystemClock clock;

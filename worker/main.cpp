@@ -104,9 +104,7 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
                       fmt::format("must be between 1 and {}", kMaxDbConnections));
   }
 
-  std::vector<std::string> types;
-  for (const auto& type : catalog.types()) types.push_back(type.name);
-  dedup::Metrics metrics(types, DEDUP_VERSION);
+  dedup::Metrics metrics(catalog.type_names(), DEDUP_VERSION);
   dedup::LoggingObserver logs;
   dedup::FanOutObserver observer({&metrics, &logs});
   dedup::SystemClock clock;

@@ -31,9 +31,7 @@ commands:
 
 TEST(CommandCatalogTest, LoadsEveryModeSortedByName) {
   const auto catalog = CommandCatalog::from_yaml(kValidYaml);
-  std::vector<std::string> names;
-  for (const auto& type : catalog.types()) names.push_back(type.name);
-  EXPECT_EQ(names,
+  EXPECT_EQ(catalog.type_names(),
             (std::vector<std::string>{"appointment.create", "conversation.create", "todo.create"}));
 }
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <variant>
 #include <vector>
 
@@ -57,6 +58,29 @@ INSTANTIATE_TEST_SUITE_P(
                       "2024-02-29T23:59:59.500Z"},
         TimestampCase{Timestamp{}, "1970-01-01T00:00:00.000Z"},
         TimestampCase{Timestamp{-1us}, "1969-12-31T23:59:59.999Z"}));
+
+// Each thread reuses the last millisecond's text: alternating times, a change of microseconds only,
+// and the epoch as a thread's very first call (the kept millisecond starts there) must each still
+// come out as their own text.
+TEST(FormatTimestamp, ReusedTextNeverOutlivesItsMillisecond) {
+  std::vector<std::string> texts;
+  std::thread([&] {
+    texts.push_back(format_timestamp(Timestamp{}));
+    texts.push_back(format_timestamp(kFirst));
+    texts.push_back(format_timestamp(kLater));
+    texts.push_back(format_timestamp(kFirst + 543us));  // .123999: kFirst's millisecond
+    texts.push_back(format_timestamp(kFirst + 544us));  // .124000: the next one
+    texts.push_back(format_timestamp(Timestamp{-1us}));
+    std::string appended = "x";
+    append_timestamp(appended, kLater);
+    texts.push_back(appended);
+  }).join();
+  EXPECT_EQ(texts, (std::vector<std::string>{
+                       "1970-01-01T00:00:00.000Z", "2026-11-22T10:00:00.123Z",
+                       "2026-11-22T10:05:30.000Z", "2026-11-22T10:00:00.123Z",
+                       "2026-11-22T10:00:00.124Z", "1969-12-31T23:59:59.999Z",
+                       "x2026-11-22T10:05:30.000Z"}));
+}
 
 // --- to_json / record_key ----------------------------------------------------------------------
 

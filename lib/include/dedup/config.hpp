@@ -64,6 +64,8 @@ class CommandCatalog {
   // nullptr when the type is not configured.
   const CommandType* find(std::string_view type_name) const noexcept;
   const std::vector<CommandType>& types() const noexcept { return types_; }
+  // The types' names, sorted (what Metrics takes as its command types).
+  std::vector<std::string> type_names() const;
   const InputSpec& input() const noexcept { return input_; }
 
  private:

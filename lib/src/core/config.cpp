@@ -283,6 +283,13 @@ CommandCatalog CommandCatalog::from_file(const std::filesystem::path& path) {
   return from_yaml(text.str());
 }
 
+std::vector<std::string> CommandCatalog::type_names() const {
+  std::vector<std::string> names;
+  names.reserve(types_.size());
+  for (const auto& type : types_) names.push_back(type.name);
+  return names;
+}
+
 const CommandType* CommandCatalog::find(std::string_view type_name) const noexcept {
   const auto it = std::lower_bound(types_.begin(), types_.end(), type_name,
                                    [](const CommandType& t, std::string_view n) { return t.name < n; });

@@ -6,10 +6,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <utility>
-#include <vector>
-#include <string>
 #include <functional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
 
 #include "dedup/errors.hpp"
 #include "stderr_sink.hpp"
@@ -30,6 +31,10 @@ thread_local const std::string* t_fields = nullptr;
 Timestamp timestamp_of(spdlog::log_clock::time_point time) {
   return std::chrono::time_point_cast<std::chrono::microseconds>(time);
 }
+
+// What the text format reads back: fields written by write_json from values no deeper than they
+// were parsed (rows Postgres returns: up to 512 levels), plus the fields object's own.
+constexpr JsonParseLimits kFieldsLimits{.max_depth = 1024};
 
 class StructuredFormatter final : public spdlog::formatter {
  public:
@@ -59,17 +64,14 @@ class StructuredFormatter final : public spdlog::formatter {
     } else {
       line = fmt::format("{} {:<5} {}", format_timestamp(timestamp_of(msg.time)), level_name,
                          message);
-      const auto parsed = json::parse(fields, nullptr, /*allow_exceptions=*/false);
-      if (parsed.is_object()) {
-        for (const auto& [key, value] : parsed.items()) {
+      // Read back with the project's parser, which keeps every number as written (nlohmann's
+      // would refuse one past a double's range inside an id). No fields: a plain spdlog call.
+      const auto parsed = fields.empty() ? json::object() : parse_json(fields, kFieldsLimits);
+      if (const auto* object = std::get_if<json>(&parsed); object && object->is_object()) {
+        for (const auto& [key, value] : object->items()) {
           line += fmt::format(" {}={}", key,
                               value.is_string() ? value.get<std::string>() : to_json_text(value));
         }
-      } else if (!fields.empty()) {
-        // Fields nlohmann cannot read back (a number past a double's range inside an id): as
-        // written, rather than lost. None at all: a plain spdlog call.
-        line += ' ';
-        line += fields;
       }
     }
     line += '\n';
