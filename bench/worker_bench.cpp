@@ -5,7 +5,7 @@
 // size), measured in the same run. Prints one `name: value` line per figure. Usage:
 //   dedup_bench_worker --db CONNINFO [--commands 50000] [--partitions 1] [--latency-seconds 8]
 //                      [--db-connections 1] [--brokers HOST:PORT --topic NAME --broker-name TEXT]
-//                      [-X librdkafka.key=value ...]
+//                      [--commit-interval 100ms] [-X librdkafka.key=value ...]
 // --db-connections N wires the worker as `dedup-worker run --db-connections N` does (worker/
 // main.cpp): N lanes, each a Processor over its own PostgresKeyStore, behind dedup::Lanes. With
 // N > 1 the raw limit is also measured with N clients at once (each its own connection and share
@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <exception>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <span>
@@ -37,6 +38,7 @@
 #include "dedup/kafka/handles.hpp"
 #include "dedup/kafka/mock_cluster.hpp"
 #include "dedup/database_lanes.hpp"
+#include "dedup/duration.hpp"
 #include "dedup/logging.hpp"
 #include "dedup/metrics.hpp"
 #include "dedup/postgres.hpp"
@@ -61,6 +63,7 @@ struct Options {
   double latency_rate = 0;  // commands/s of the latency phase; 0: half the rates measured before
   std::size_t max_batch = 500;
   std::size_t db_connections = 1;  // the worker's lanes, as `run --db-connections`
+  std::string commit_interval = "100ms";  // as `run --commit-interval`
   std::string brokers;  // empty: librdkafka's mock cluster, in process
   std::string topic = "commands";
   std::string broker_name;
@@ -84,6 +87,10 @@ void add_flags(CLI::App& app, Options& options) {
                  "with N clients too")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
+  app.add_option("--commit-interval", options.commit_interval,
+                 "as run --commit-interval: offsets committed at most this often while batches "
+                 "keep coming (0ms: after every batch)")
+      ->capture_default_str();
   app.add_option("--brokers", options.brokers,
                  "a real Kafka broker (HOST:PORT); without it, librdkafka's mock in process");
   app.add_option("--topic", options.topic, "commands topic on --brokers")->capture_default_str();
@@ -313,10 +320,44 @@ double burst(LoadProducer& producer, Recorder& recorder, CommittedOffsets& commi
 
 // What a paced phase measured: the latencies the worker reported, where they went, and when the
 // phase began.
+// The machine's CPU time, all cores, from /proc/stat (ticks): busy (neither idle nor waiting for
+// I/O), stolen by the hypervisor, and in all.
+struct CpuTicks {
+  unsigned long long busy = 0;
+  unsigned long long steal = 0;
+  unsigned long long total = 0;
+};
+
+CpuTicks cpu_ticks() {
+  std::ifstream stat("/proc/stat");
+  std::string cpu;  // the first line, "cpu": all cores summed
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0,
+                     steal = 0;
+  stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  if (!stat || cpu != "cpu") return {};
+  const auto busy = user + nice + system + irq + softirq;
+  return {busy, steal, busy + steal + idle + iowait};
+}
+
+// How busy the machine was between two readings: the share of its cores' time (0 when unknown).
+struct BusyShare {
+  double busy = 0;
+  double steal = 0;
+};
+
+BusyShare busy_share(const CpuTicks& from, const CpuTicks& to) {
+  if (to.total <= from.total) return {};
+  const auto total = static_cast<double>(to.total - from.total);
+  return {static_cast<double>(to.busy - from.busy) / total, static_cast<double>(to.steal - from.steal) / total};
+}
+
 struct PacedPhase {
   std::vector<Latency> latencies;
   Stages stages;
   SteadyClock::time_point start;
+  // Worker, broker, Postgres and this load generator share the machine: a phase run close to its
+  // cores' limit has a tail that says more about them than about the worker.
+  BusyShare machine;
 };
 
 // Produces at `rate` per second for `seconds`; returns the latencies the worker reported.
@@ -328,6 +369,7 @@ PacedPhase paced(LoadProducer& producer, Recorder& recorder, const std::string& 
   const std::size_t before = recorder.published();
   const int total = static_cast<int>(rate * seconds);
   const auto start = SteadyClock::now();
+  const CpuTicks cpu_at_start = cpu_ticks();
   // Ticks of 1 ms, each sending what the schedule owes: a sleep per record would make the load
   // generator burn a core of this 2-core machine and measure itself.
   int sent = 0;
@@ -341,7 +383,7 @@ PacedPhase paced(LoadProducer& producer, Recorder& recorder, const std::string& 
   while (recorder.published() < before + static_cast<std::size_t>(total) && SteadyClock::now() < deadline) {
     std::this_thread::sleep_for(5ms);
   }
-  return {recorder.take_latencies(), recorder.take_stages(), start};
+  return {recorder.take_latencies(), recorder.take_stages(), start, busy_share(cpu_at_start, cpu_ticks())};
 }
 
 double core_only(const Options& options, const dedup::CommandCatalog& catalog, const std::string& schema,
@@ -473,6 +515,7 @@ int main(int argc, char** argv) try {
   worker_options.group = topic + "-bench-worker";
   worker_options.commands_topic = topic;
   worker_options.max_batch_records = options.max_batch;
+  worker_options.commit_interval = dedup::parse_duration(options.commit_interval, "--commit-interval");
   worker_options.kafka_settings = {{"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
   if (cluster) {
     // The mock holds an empty fetch for the whole fetch.wait.max.ms instead of answering when data
@@ -574,6 +617,7 @@ int main(int argc, char** argv) try {
   }
   std::cout << fmt::format("worker max batch: {}\n", options.max_batch);
   std::cout << fmt::format("db connections: {}\n", lanes_count);
+  std::cout << fmt::format("worker commit interval: {}\n", options.commit_interval);
   std::cout << fmt::format("raw unique rows/s: {:.0f}\n", raw_unique);
   std::cout << fmt::format("raw duplicate rows/s: {:.0f}\n", raw_duplicate);
   // The N-client figures (N > 1 only), named with their N: `raw unique rows/s (4 clients)`,
@@ -630,6 +674,8 @@ int main(int argc, char** argv) try {
     std::cout << fmt::format("latency {} p50/p99 ms processing: {:.1f} / {:.1f}\n", name,
                              1000 * percentile(phase->stages.processing, 0.50, steady(*phase)),
                              1000 * percentile(phase->stages.processing, 0.99, steady(*phase)));
+    std::cout << fmt::format("latency {} machine busy share: {:.2f} (stolen {:.2f})\n", name,
+                             phase->machine.busy, phase->machine.steal);
   }
   std::cout << fmt::format("latency unique mean batch: {:.0f}\n", double(unique_paced_records) / unique_paced_batches);
   std::cout << fmt::format("latency duplicate mean batch: {:.0f}\n", double(dup_paced_records) / dup_paced_batches);

@@ -61,6 +61,7 @@ struct RunFlags {
   std::vector<std::string> kafka_settings;  // -X key=value
   std::size_t max_batch = 500;
   std::string batch_wait = "200ms";
+  std::string commit_interval = "100ms";
   std::string drain_timeout = "30s";
   std::string cleanup_interval = "5m";
   std::size_t max_message_bytes = std::size_t{1024} * 1024;
@@ -126,6 +127,7 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
   }
   options.max_batch_records = flags.max_batch;
   options.max_batch_wait = dedup::parse_duration(flags.batch_wait, "--batch-wait");
+  options.commit_interval = dedup::parse_duration(flags.commit_interval, "--commit-interval");
   options.drain_timeout = dedup::parse_duration(flags.drain_timeout, "--drain-timeout");
   options.cleanup_interval = dedup::parse_duration(flags.cleanup_interval, "--cleanup-interval");
   options.failpoint = dedup::failpoint_from_environment();
@@ -205,6 +207,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   with_env(run->add_option("--batch-wait", run_flags.batch_wait, "how long to wait to fill a batch"),
            "batch-wait")->capture_default_str();
+  with_env(run->add_option("--commit-interval", run_flags.commit_interval,
+                           "commit offsets at most this often while batches keep coming (0ms: "
+                           "after every batch); at once when idle, on revocation and on close"),
+           "commit-interval")->capture_default_str();
   with_env(run->add_option("--drain-timeout", run_flags.drain_timeout,
                            "on SIGTERM, how long the in-flight batch may take"),
            "drain-timeout")->capture_default_str();

@@ -40,6 +40,7 @@ DASHBOARD_FILE = Path("monitoring/dashboards/dedup-worker.json")
 WORKER_FLAGS = {
     "brokers", "group", "commands-topic", "results-topic", "dlq-topic", "db", "db-schema", "config",
     "key-ttl", "default-scope", "metrics-addr", "log-level", "log-format", "drain-timeout", "db-connections",
+    "commit-interval",
 }
 KAFKA_ENV_PREFIX = "DEDUP_KAFKA_"
 # The librdkafka properties the chart may set from the environment (Secret-backed credentials).
@@ -242,6 +243,11 @@ def check_grace_period(s):
 def check_db_connections(s):
     lanes = s.env(s.worker)["DEDUP_DB_CONNECTIONS"]["value"]
     expect(lanes == str(s.values["worker"]["dbConnections"]), "DEDUP_DB_CONNECTIONS != worker.dbConnections")
+
+
+def check_commit_interval(s):
+    interval = s.env(s.worker)["DEDUP_COMMIT_INTERVAL"]["value"]
+    expect(interval == s.values["worker"]["commitInterval"], "DEDUP_COMMIT_INTERVAL != worker.commitInterval")
 
 
 def check_security(s):
@@ -464,7 +470,7 @@ def check_notes(s):
 
 
 SCENARIO_CHECKS = [check_common_metadata, check_selectors, check_ports_and_probes, check_grace_period, check_db_connections,
-                   check_security, check_no_plaintext_secrets, check_worker_contract, check_migrate_hook,
+                   check_commit_interval, check_security, check_no_plaintext_secrets, check_worker_contract, check_migrate_hook,
                    check_scaling, check_kafka_security, check_notes]
 
 

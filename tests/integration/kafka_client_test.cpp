@@ -2,6 +2,7 @@
 // where a new group member resumes, delivery waits for every report, dead letters are faithful.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <set>
@@ -324,7 +325,7 @@ TEST_F(KafkaClientTest, ReassignedPartitionKeepsRecordsReadAfterTheNewAssignment
 }
 
 // A failed offset commit (the coordinator refused it) is kept and committed later — with the next
-// commit, or by retry_failed_commits() while no batch comes — as long as the partition is still
+// commit, or by commit_owed() while no batch comes — as long as the partition is still
 // ours under the same assignment. Before, an idle partition's committed offset stayed behind its
 // published results until its next record.
 TEST_F(KafkaClientTest, AFailedCommitIsCommittedLaterWhileThePartitionIsStillOurs) {
@@ -345,9 +346,9 @@ TEST_F(KafkaClientTest, AFailedCommitIsCommittedLaterWhileThePartitionIsStillOur
   ASSERT_FALSE(failed.ok) << "the injected error did not reach the commit";
   EXPECT_EQ(test::committed_offsets(brokers_, group, "commits", 1).at(0), RD_KAFKA_OFFSET_INVALID);
 
-  EXPECT_TRUE(consumer.retry_failed_commits().ok);
+  EXPECT_TRUE(consumer.commit_owed().ok);
   EXPECT_EQ(test::committed_offsets(brokers_, group, "commits", 1).at(0), 1);
-  EXPECT_TRUE(consumer.retry_failed_commits().ok) << "nothing left to retry";
+  EXPECT_TRUE(consumer.commit_owed().ok) << "nothing left to retry";
 }
 
 // The worker sends a batch's offsets and goes on with the next batch: start_commit must not wait
@@ -383,12 +384,13 @@ TEST_F(KafkaClientTest, ACommitOnItsWayIsCollectedLaterAndAFailureIsKept) {
   EXPECT_NE(refused.error.find("GROUP_AUTHORIZATION_FAILED"), std::string::npos) << refused.error;
   EXPECT_TRUE(consumer.finish_commit().ok);
   EXPECT_EQ(test::committed_offsets(brokers_, group, "async-commits", 1).at(0), 2);
-  EXPECT_TRUE(consumer.retry_failed_commits().ok) << "nothing left to retry";
+  EXPECT_TRUE(consumer.commit_owed().ok) << "nothing left to retry";
 }
 
 // A revocation collects the commit on its way before it gives the partitions up: answered later,
 // it could be applied while the partition is read under a new assignment. A refusal collected
-// there is not kept — the partition's next owner reads from the committed offset.
+// there is tried once more with the owed offsets (the mock broker refuses that too: a rebalance
+// is in progress), and not kept after: the partition's next owner reads from the committed offset.
 TEST_F(KafkaClientTest, ARevocationCollectsTheCommitOnItsWay) {
   cluster_.create_topic("revoke-commit", 2);
   const KafkaSettings settings = fast_group_settings();  // eager (range) assignor
@@ -416,9 +418,78 @@ TEST_F(KafkaClientTest, ARevocationCollectsTheCommitOnItsWay) {
   }
   EXPECT_GT(observer.kafka_errors(), errors_before) << "the revocation did not collect the commit";
   EXPECT_TRUE(first.finish_commit().ok) << "nothing on its way any more";
-  EXPECT_TRUE(first.retry_failed_commits().ok) << "a refusal of revoked partitions is not kept";
+  EXPECT_FALSE(first.owes_commits()) << "a refusal of revoked partitions is not kept";
   EXPECT_EQ(test::committed_offsets(brokers_, group, "revoke-commit", 2),
             (std::vector<std::int64_t>{RD_KAFKA_OFFSET_INVALID, RD_KAFKA_OFFSET_INVALID}));
+}
+
+// Deferred offsets (run --commit-interval) are not sent until asked (commit_owed, while idle), are
+// sent before their partitions are revoked (the mock broker refuses a commit during a rebalance:
+// then they are dropped, and the new owner replays), and are committed by close().
+TEST_F(KafkaClientTest, DeferredOffsetsAreCommittedWhenAskedTriedOnRevocationAndCommittedOnClose) {
+  cluster_.create_topic("deferred", 2);
+  const KafkaSettings settings = fast_group_settings();  // eager (range) assignor
+  const std::string group = unique_name("deferred");
+  test::RecordingObserver observer;
+  Consumer first({brokers_, group, {"deferred"}, settings}, observer);
+  for (int p = 0; p < 2; ++p) {
+    write_records(brokers_, std::vector<OutboundRecord>{{"deferred", "k", "v", {}, p}});
+  }
+  auto records = poll_records(first, 2);
+  ASSERT_EQ(records.size(), 2u);
+  first.defer_commit(next_offsets(std::span(records).first(1)));
+  EXPECT_TRUE(first.owes_commits());
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "deferred", 2),
+            (std::vector<std::int64_t>{RD_KAFKA_OFFSET_INVALID, RD_KAFKA_OFFSET_INVALID}))
+      << "a deferred offset was sent";
+  EXPECT_TRUE(first.commit_owed().ok);
+  EXPECT_FALSE(first.owes_commits());
+  const std::int32_t first_partition = records[0].source.partition;
+  std::vector<std::int64_t> expected(2, RD_KAFKA_OFFSET_INVALID);
+  expected[first_partition] = 1;
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "deferred", 2), expected);
+
+  // Both partitions owed, then a second member joins: the eager assignor revokes both, and the
+  // owed offsets are sent before they go (and refused here); none stays owed, none is committed
+  // past what was owed.
+  first.defer_commit(next_offsets(records));
+  const std::size_t errors_before = observer.kafka_errors();
+  {
+    Observer quiet;
+    Consumer second({brokers_, group, {"deferred"}, settings}, quiet);
+    serve_until(first, second,
+                [&] { return first.assigned_count() == 1 && second.assigned_count() == 1; });
+    ASSERT_EQ(first.assigned_count(), 1u);
+    EXPECT_FALSE(first.owes_commits()) << "offsets of revoked partitions are not kept";
+    EXPECT_GT(observer.kafka_errors(), errors_before)
+        << "the owed offsets were not sent at the revocation (the mock refuses them)";
+    for (const std::int64_t offset : test::committed_offsets(brokers_, group, "deferred", 2)) {
+      EXPECT_LE(offset, 1) << "committed past an owed offset";
+    }
+    second.close();
+  }
+
+  // The member left: `first` has both partitions again (and reads the refused one again). A new
+  // record of each, owed, is committed by close().
+  for (int p = 0; p < 2; ++p) {
+    write_records(brokers_, std::vector<OutboundRecord>{{"deferred", "k", "w", {}, p}});
+  }
+  std::vector<InboundRecord> fresh;
+  const auto got_both = [&] {
+    return std::count_if(fresh.begin(), fresh.end(),
+                         [](const InboundRecord& r) { return r.value == "w"; }) == 2;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (!got_both() && std::chrono::steady_clock::now() < deadline) {
+    for (auto& r : first.poll_batch(10, 1 << 20, 100ms)) fresh.push_back(std::move(r));
+    first.drop_unowned(fresh);
+  }
+  ASSERT_TRUE(got_both());
+  first.defer_commit(next_offsets(fresh));
+  first.close();
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "deferred", 2),
+            (std::vector<std::int64_t>{2, 2}))
+      << "close() did not commit the owed offsets";
 }
 
 TEST_F(KafkaClientTest, ProducerWaitsForEveryAcknowledgement) {

@@ -275,6 +275,24 @@ TEST_F(WorkerTest, ARefusedCommitOfTheLastBatchIsCommittedWhileIdle) {
   EXPECT_EQ(store_.calls(), 1) << "committing again is not processing again";
 }
 
+// --commit-interval: within the interval a batch's offsets are owed, not sent; they are committed
+// as soon as no batch comes (here: while the worker runs, an hour before the interval ends), and
+// never past a result that is not acknowledged.
+TEST_F(WorkerTest, DeferredOffsetsAreCommittedAsSoonAsNoBatchComes) {
+  std::vector<OutboundRecord> input;
+  for (int i = 0; i < 12; ++i) input.push_back(command("k" + std::to_string(i)));
+  test::write_records(brokers_, input);
+  WorkerOptions o = options();
+  o.commit_interval = std::chrono::hours(1);
+  o.max_batch_records = 1;  // a batch per record: all but the first batch's offsets are deferred
+  RunningWorker running(o, processor_, observer_);
+  ASSERT_TRUE(eventually([&] { return observer_.published().size() == input.size(); }));
+  EXPECT_TRUE(eventually([&] { return total_committed() == 12; }))
+      << "the deferred offsets were not committed while the worker idled";
+  EXPECT_EQ(running.stop(), 0);
+  EXPECT_EQ(store_.calls(), 12);
+}
+
 TEST_F(WorkerTest, PermanentDatabaseErrorStopsWithStatusOneAndCommitsNothing) {
   store_.fail_permanently();
   test::write_records(brokers_, std::vector<OutboundRecord>{command("a")});
@@ -500,6 +518,9 @@ TEST_F(WorkerTest, RefusesAConfigurationThatWouldLoopOrLoseGuarantees) {
   EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
   o = options();
   o.cleanup_interval = std::chrono::milliseconds::zero();
+  EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
+  o = options();
+  o.commit_interval = std::chrono::milliseconds(-1);
   EXPECT_THROW(Worker(o, processor_, observer_), ConfigError);
 
   ::setenv(kFailpointEnv, "no_such_point", 1);

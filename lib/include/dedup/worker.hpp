@@ -25,6 +25,7 @@ namespace dedup {
 namespace kafka {
 class Consumer;
 class Producer;
+struct PartitionOffset;
 }  // namespace kafka
 class Publication;
 
@@ -84,6 +85,9 @@ class Worker final : public Stoppable {
   // Waits for the acknowledgements of the batch whose results are on their way (sending again
   // after failures, with backoff), then commits its offsets.
   BatchOutcome finish_in_flight();
+  // Sends these offsets for commit, with the owed ones, without waiting; the next is deferred
+  // until --commit-interval from now.
+  void send_commit(std::span<const kafka::PartitionOffset> offsets);
   // Forgets the batch on its way, uncommitted (drain timeout, failure).
   void abandon_in_flight() noexcept;
   void note_stop() noexcept;
@@ -112,6 +116,7 @@ class Worker final : public Stoppable {
   std::atomic<bool> db_healthy_{true};
   std::chrono::steady_clock::time_point drain_deadline_{};  // set when the stop is first seen
   std::chrono::steady_clock::time_point next_cleanup_{};
+  std::chrono::steady_clock::time_point next_commit_{};  // offsets are deferred until then
   std::chrono::steady_clock::time_point next_lag_report_{};
 
 };

@@ -49,6 +49,13 @@ struct WorkerOptions {
   std::size_t max_batch_bytes = std::size_t{16} * 1024 * 1024;
   std::chrono::milliseconds max_batch_wait{200};  // wait for the first record of a batch
 
+  // --commit-interval: offsets are committed at most this often while batches keep coming (0:
+  // after every batch), and at once when none comes, when partitions are revoked and on close.
+  // Never past a result that is not acknowledged; a crash replays at most this much more, with
+  // identical results. Per batch, each commit is a broker request (and a write of its offsets
+  // topic) that costs the broker as much as the batch's results when batches are small.
+  std::chrono::milliseconds commit_interval{100};
+
   // On shutdown, how long the in-flight batch may still take (processing, publishing, retries).
   // Keep below the pod's terminationGracePeriodSeconds.
   std::chrono::milliseconds drain_timeout{20'000};

@@ -164,6 +164,10 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
     // it could be applied once the partition is read under a new assignment (ours or another
     // member's). A lost assignment has moved already; the broker's generation check refuses it.
     collect_commit_before_release(lost ? "lost" : "revoked");
+    // Deferred offsets of partitions that are still ours go now, while they are: otherwise their
+    // new owner would read again and replay what this member has published. A lost assignment
+    // has moved already (the broker would refuse them).
+    if (!lost) commit_owed_before_release("revoked");
     if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
       spdlog::warn("kafka rebalance error: {}", rd_kafka_err2name(err));
       observer_.on_kafka_error(rd_kafka_err2name(err));
@@ -188,7 +192,7 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
 void Consumer::forget(const std::set<TopicPartition>& partitions) {
   for (const TopicPartition& tp : partitions) {
     assigned_.erase(tp);
-    failed_commits_.erase(tp);  // the new owner reads from the committed offset
+    owed_commits_.erase(tp);  // the new owner reads from the committed offset
     observer_.on_partition_revoked(tp.second);
   }
   // Fetched-but-unhandled records of these partitions are dropped: after a reassignment, fetching
@@ -248,12 +252,12 @@ void Consumer::serve(std::chrono::milliseconds duration) {
 
 CommitOutcome Consumer::start_commit(std::span<const PartitionOffset> offsets) {
   CommitOutcome previous = finish_commit();
-  // These offsets, and those whose commit failed before, for partitions still ours under the
-  // same assignment (a newer offset of the same partition supersedes a failed one).
+  // These offsets, and those owed, for partitions still ours under the same assignment (a newer
+  // offset of the same partition supersedes an owed one).
   CommitInFlight commit;
-  for (const auto& [tp, failed] : failed_commits_) {
+  for (const auto& [tp, owed] : owed_commits_) {
     const auto owner = assigned_.find(tp);
-    if (owner != assigned_.end() && owner->second == failed.assignment) commit.offsets[tp] = failed;
+    if (owner != assigned_.end() && owner->second == owed.assignment) commit.offsets[tp] = owed;
   }
   for (const PartitionOffset& o : offsets) {
     const TopicPartition tp{o.topic, o.partition};
@@ -268,7 +272,7 @@ CommitOutcome Consumer::start_commit(std::span<const PartitionOffset> offsets) {
         offset.next_offset;
   }
   // Cleared only now: an allocation failing above keeps them for the next commit.
-  failed_commits_.clear();
+  owed_commits_.clear();
   commit.send_error = rd_kafka_commit_queue(handle_.get(), list.get(), commit_queue_.get(),
                                             /*cb=*/nullptr, /*opaque=*/nullptr);
   commit_in_flight_ = std::move(commit);
@@ -298,13 +302,13 @@ CommitOutcome Consumer::finish_commit() {
     }
   }
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return {};
-  // Kept for the next commit, or for retry_failed_commits() while no batch comes: otherwise an
+  // Kept for the next commit, or for commit_owed() while no batch comes: otherwise an
   // idle partition's committed offset would stay behind its published results (lag alerts, and
   // a replay of the whole tail after the next rebalance).
   for (const auto& [tp, offset] : commit.offsets) {
     const auto owner = assigned_.find(tp);
     if (owner != assigned_.end() && owner->second == offset.assignment)
-      failed_commits_[tp] = offset;
+      owed_commits_[tp] = offset;
   }
   observer_.on_kafka_error(rd_kafka_err2name(err));
   return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};
@@ -315,8 +319,16 @@ CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {
   return finish_commit();
 }
 
-CommitOutcome Consumer::retry_failed_commits() {
-  if (failed_commits_.empty()) return {};
+void Consumer::defer_commit(std::span<const PartitionOffset> offsets) {
+  for (const PartitionOffset& o : offsets) {
+    const TopicPartition tp{o.topic, o.partition};
+    const auto owner = assigned_.find(tp);
+    if (owner != assigned_.end()) owed_commits_[tp] = {o.next_offset, owner->second};
+  }
+}
+
+CommitOutcome Consumer::commit_owed() {
+  if (owed_commits_.empty()) return {};
   return commit({});
 }
 
@@ -330,6 +342,18 @@ void Consumer::collect_commit_before_release(const char* moment) noexcept {
     }
   } catch (const std::exception& e) {  // std::bad_alloc
     spdlog::warn("offset commit on its way not collected (partitions {}): {}", moment, e.what());
+  }
+}
+
+void Consumer::commit_owed_before_release(const char* moment) noexcept {
+  try {
+    if (const CommitOutcome owed = commit_owed(); !owed.ok) {
+      spdlog::warn("commit of owed offsets failed as partitions are {} (their owner reads them "
+                   "again from the committed offset): {}",
+                   moment, owed.error);
+    }
+  } catch (const std::exception& e) {  // std::bad_alloc
+    spdlog::warn("owed offsets not committed (partitions {}): {}", moment, e.what());
   }
 }
 
@@ -388,6 +412,7 @@ void Consumer::close() noexcept {
   if (closed_ || !handle_) return;
   closed_ = true;
   collect_commit_before_release("closed");
+  commit_owed_before_release("closed");
   const auto until = std::chrono::steady_clock::now() + kCloseDeadline;
   if (incremental_) give_back_assignment(until);
   if (!leave_group(until)) {

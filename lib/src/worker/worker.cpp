@@ -124,10 +124,14 @@ int Worker::run() {
         outcome = handle_batch(batch);
       } else if (in_flight_) {
         outcome = finish_in_flight();
+        // Caught up (nothing was fetched meanwhile): the owed offsets go now, not after the
+        // next poll's wait for a record.
+        if (outcome == BatchOutcome::done && consumer_->owes_commits()) send_commit({});
       } else {
         warn_if_failed(consumer_->finish_commit());  // the last batch's
-        if (const auto retried = consumer_->retry_failed_commits(); !retried.ok) {
-          spdlog::debug("offset commit retry failed (tried again while idle): {}", retried.error);
+        // Deferred offsets go as soon as no batch comes; failed ones are tried again.
+        if (const auto owed = consumer_->commit_owed(); !owed.ok) {
+          spdlog::debug("offset commit failed while idle (tried again next time): {}", owed.error);
         }
       }
       if (outcome == BatchOutcome::abandoned) break;
@@ -137,7 +141,7 @@ int Worker::run() {
     abandon_in_flight();
 
     spdlog::info("worker stopping: leaving the group, flushing the producer");
-    consumer_->close();
+    consumer_->close();  // commits the owed offsets first
     if (!producer_->flush(milliseconds(5'000))) spdlog::warn("producer flush timed out");
     return 0;
   } catch (const PermanentDatabaseError& e) {
@@ -288,10 +292,22 @@ Worker::BatchOutcome Worker::finish_in_flight() {
   // batch's commit is finished first (it normally arrived long ago), so commits of a partition
   // are applied in order; a failed one is kept and sent again with this one, or while idle, if
   // its partition stays ours (if it moves, the new owner re-reads and replays the same results).
-  warn_if_failed(consumer_->start_commit(kafka::next_offsets(batch)));
+  // Within --commit-interval of the last commit the offsets are owed instead, and sent with the
+  // next one, or while idle, or before their partition is revoked.
+  const auto offsets = kafka::next_offsets(batch);
+  if (SteadyClock::now() >= next_commit_) {
+    send_commit(offsets);
+  } else {
+    consumer_->defer_commit(offsets);
+  }
   failpoint("after_offset_commit_sent");
   in_flight_.reset();
   return BatchOutcome::done;
+}
+
+void Worker::send_commit(std::span<const kafka::PartitionOffset> offsets) {
+  warn_if_failed(consumer_->start_commit(offsets));  // the owed offsets go with these
+  next_commit_ = SteadyClock::now() + options_.commit_interval;
 }
 
 void Worker::abandon_in_flight() noexcept {

@@ -60,9 +60,11 @@ WorkerOptions checked(WorkerOptions options) {
   }
   if (options.max_batch_records == 0) throw ConfigError("--max-batch", "must be at least 1");
   if (options.max_batch_bytes == 0) throw ConfigError("max_batch_bytes", "must be at least 1");
-  // 0 is meaningful for these two: poll without waiting; abandon the in-flight batch at once.
+  // 0 is meaningful for these: poll without waiting; abandon the in-flight batch at once; commit
+  // after every batch.
   require_not_negative(options.max_batch_wait, "--batch-wait");
   require_not_negative(options.drain_timeout, "--drain-timeout");
+  require_not_negative(options.commit_interval, "--commit-interval");
   // 0 would run a cleanup transaction or a lag query on every poll.
   require_positive(options.cleanup_interval, "--cleanup-interval");
   require_positive(options.lag_report_interval, "lag_report_interval");

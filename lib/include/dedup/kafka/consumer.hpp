@@ -87,8 +87,8 @@ class Consumer {
   // Records that arrive are kept, in order, for the next poll_batch. Throws as poll_batch.
   void serve(std::chrono::milliseconds duration);
 
-  // Sends these offsets for commit, with any whose commit failed before and whose partition is
-  // still ours under the same assignment, and returns without waiting for the broker: the loop
+  // Sends these offsets for commit, with any owed (deferred, or whose commit failed) whose
+  // partition is still ours under the same assignment, and returns without waiting for the broker: the loop
   // processes the next batch meanwhile. The commit already on its way, if any, is finished first
   // (finish_commit), so a partition's commits reach the broker one after the other, in order;
   // returns that commit's outcome ({} when there was none). Never throws but std::bad_alloc.
@@ -105,10 +105,18 @@ class Consumer {
   // start_commit, then finish_commit: the commit, synchronously.
   CommitOutcome commit(std::span<const PartitionOffset> offsets);
 
-  // Commits the offsets whose commit failed, if any (commit({})). For an idle loop: a partition
-  // that gets no new batch would otherwise never have them committed. Collect the commit on its
-  // way first (finish_commit): its failure is one of them.
-  CommitOutcome retry_failed_commits();
+  // Keeps these offsets for the next commit instead of sending them now (`run --commit-interval`):
+  // a newer offset of a partition replaces the one owed, an offset of a partition that is not
+  // ours is not kept. Owed offsets of revoked partitions are committed before they are given up;
+  // of lost ones, dropped (their new owner reads the records again and replays their results).
+  // Never throws but std::bad_alloc.
+  void defer_commit(std::span<const PartitionOffset> offsets);
+
+  // Commits the owed offsets (deferred, or whose commit failed), if any: commit({}). For an idle
+  // loop, and before closing: a partition that gets no new batch would otherwise never have them
+  // committed. Collect the commit on its way first (finish_commit): its failure is one of them.
+  CommitOutcome commit_owed();
+  bool owes_commits() const noexcept { return !owed_commits_.empty(); }
 
   // Pauses / resumes fetching from every assigned partition. While paused, partitions assigned by
   // a rebalance are paused as well. Never throw; failures are reported to the observer.
@@ -163,6 +171,9 @@ class Consumer {
   // finish_commit before partitions are given up (`moment`: "revoked", "lost", "closed"); logs
   // a failure. Never throws: the partitions must go all the same.
   void collect_commit_before_release(const char* moment) noexcept;
+  // commit_owed before partitions are given up (`moment`: "revoked", "closed"); logs a failure.
+  // Never throws: the partitions must go all the same.
+  void commit_owed_before_release(const char* moment) noexcept;
 
   Observer& observer_;
   HandlePtr handle_;
@@ -187,8 +198,8 @@ class Consumer {
     std::int64_t next_offset;
     std::uint64_t assignment;
   };
-  // Offsets whose commit failed, kept for the next commit.
-  std::map<TopicPartition, AssignedOffset> failed_commits_;
+  // Offsets owed: deferred (defer_commit), or whose commit failed; sent with the next commit.
+  std::map<TopicPartition, AssignedOffset> owed_commits_;
   // The commit sent and not yet finished; its answer arrives on commit_queue_.
   struct CommitInFlight {
     std::map<TopicPartition, AssignedOffset> offsets;
