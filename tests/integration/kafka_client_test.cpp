@@ -235,7 +235,10 @@ TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
 // serves the revocation first, because librdkafka 2.0.2's close can wait for ever when a
 // cooperative assignment arrives while it closes (librdkafka #4527; a CI run hung 120 s in the
 // destructors of the test above; not reproduced here in 60 tries).
-void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, KafkaSettings settings) {
+// With `owing`, close() also has an owed offset to commit (run --commit-interval) while the broker
+// is down: that commit must not hold it past its deadline either.
+void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, KafkaSettings settings,
+                                                     bool owing = false) {
   class Revocations final : public Observer {
    public:
     void on_partition_revoked(std::int32_t /*partition*/) override { ++count; }
@@ -246,6 +249,13 @@ void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, Kafka
                     revocations);
   serve_until_assigned(consumer, 1, 30s);
   ASSERT_EQ(consumer.assigned_count(), 1u);
+  if (owing) {
+    write_records(cluster.bootstraps(), std::vector<OutboundRecord>{{"closing", "k", "v", {}, 0}});
+    const auto records = poll_records(consumer, 1);
+    ASSERT_EQ(records.size(), 1u);
+    consumer.defer_commit(next_offsets(records));
+    ASSERT_TRUE(consumer.owes_commits());
+  }
 
   cluster.set_broker_down();
   const auto started = std::chrono::steady_clock::now();
@@ -260,6 +270,10 @@ void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, Kafka
 
 TEST_F(KafkaClientTest, CloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) {
   expect_close_serves_revocation_with_broker_down(cluster_, fast_group_settings());
+}
+
+TEST_F(KafkaClientTest, CloseWithOwedOffsetsReturnsWhileTheBrokerIsDown) {
+  expect_close_serves_revocation_with_broker_down(cluster_, fast_group_settings(), /*owing=*/true);
 }
 
 TEST_F(KafkaClientTest, CooperativeCloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) {
@@ -385,6 +399,28 @@ TEST_F(KafkaClientTest, ACommitOnItsWayIsCollectedLaterAndAFailureIsKept) {
   EXPECT_TRUE(consumer.finish_commit().ok);
   EXPECT_EQ(test::committed_offsets(brokers_, group, "async-commits", 1).at(0), 2);
   EXPECT_TRUE(consumer.commit_owed().ok) << "nothing left to retry";
+}
+
+// A commit on its way fails after a newer offset of its partition was deferred: the refused, older
+// offset must not replace the owed one (the partition's committed offset would stay behind its
+// published results until its next record).
+TEST_F(KafkaClientTest, ARefusedCommitDoesNotReplaceANewerOwedOffset) {
+  cluster_.create_topic("owed-newer", 1);
+  write_records(brokers_, std::vector<OutboundRecord>{{"owed-newer", "k", "v", {}, 0},
+                                                      {"owed-newer", "k", "w", {}, 0}});
+  const std::string group = unique_name("owed-newer");
+  Observer observer;
+  Consumer consumer({brokers_, group, {"owed-newer"}, fast_group_settings()}, observer);
+  auto records = poll_records(consumer, 2);
+  ASSERT_EQ(records.size(), 2u);
+  cluster_.push_request_errors(ApiKey::offset_commit,
+                               {RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED});
+  ASSERT_TRUE(consumer.start_commit(next_offsets(std::span(records).first(1))).ok);
+  consumer.defer_commit(next_offsets(records));  // offset 2, owed while 1 is on its way
+  EXPECT_FALSE(consumer.finish_commit().ok) << "the injected error did not reach the commit";
+  EXPECT_TRUE(consumer.commit_owed().ok);
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "owed-newer", 1).at(0), 2)
+      << "the refused offset 1 replaced the owed offset 2";
 }
 
 // A revocation collects the commit on its way before it gives the partitions up: answered later,

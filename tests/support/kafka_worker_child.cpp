@@ -1,7 +1,7 @@
 // A worker process for the crash tests: a real Worker (real Processor, real librdkafka) over an
 // in-memory key store. The test arms DEDUP_FAILPOINT so that this process SIGKILLs itself at the
 // chosen point, then checks what a successor worker finds.
-//   kafka_worker_child <brokers> <group> <commands-topic> <max-batch-records>
+//   kafka_worker_child <brokers> <group> <commands-topic> <max-batch-records> <commit-interval-ms>
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -12,8 +12,9 @@
 #include "support/kafka_test_util.hpp"
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::cerr << "usage: kafka_worker_child <brokers> <group> <commands-topic> <max-batch>\n";
+  if (argc != 6) {
+    std::cerr << "usage: kafka_worker_child <brokers> <group> <commands-topic> <max-batch> "
+                 "<commit-interval-ms>\n";
     return 2;
   }
   try {
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
     options.group = argv[2];
     options.commands_topic = argv[3];
     options.max_batch_records = static_cast<std::size_t>(std::atoi(argv[4]));
+    options.commit_interval = std::chrono::milliseconds(std::atoi(argv[5]));
     options.kafka_settings = dedup::test::fast_group_settings();
     options.failpoint = dedup::failpoint_from_environment();
     // This process is going to die without leaving the group: the shorter its session, the

@@ -22,6 +22,7 @@ namespace dedup {
 //   before_offset_commit  observer notified, right before the offset commit
 //   after_offset_commit_sent  the offset commit handed to librdkafka, its outcome not yet known
 //                         (the broker may or may not apply it)
+//   after_offset_commit_deferred  a batch's offsets owed, not sent (within --commit-interval)
 // Unset in production. The library never reads the environment itself: the program that wants
 // failpoints (the worker's main, a test's child process) reads them with failpoint_from_environment.
 inline constexpr const char* kFailpointEnv = "DEDUP_FAILPOINT";

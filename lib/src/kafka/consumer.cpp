@@ -305,10 +305,11 @@ CommitOutcome Consumer::finish_commit() {
   // Kept for the next commit, or for commit_owed() while no batch comes: otherwise an
   // idle partition's committed offset would stay behind its published results (lag alerts, and
   // a replay of the whole tail after the next rebalance).
+  // An offset owed meanwhile (deferred after this commit was sent) is newer: it stays.
   for (const auto& [tp, offset] : commit.offsets) {
     const auto owner = assigned_.find(tp);
     if (owner != assigned_.end() && owner->second == offset.assignment)
-      owed_commits_[tp] = offset;
+      owed_commits_.try_emplace(tp, offset);
   }
   observer_.on_kafka_error(rd_kafka_err2name(err));
   return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};

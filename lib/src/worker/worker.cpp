@@ -299,8 +299,8 @@ Worker::BatchOutcome Worker::finish_in_flight() {
     send_commit(offsets);
   } else {
     consumer_->defer_commit(offsets);
+    failpoint("after_offset_commit_deferred");
   }
-  failpoint("after_offset_commit_sent");
   in_flight_.reset();
   return BatchOutcome::done;
 }
@@ -308,6 +308,7 @@ Worker::BatchOutcome Worker::finish_in_flight() {
 void Worker::send_commit(std::span<const kafka::PartitionOffset> offsets) {
   warn_if_failed(consumer_->start_commit(offsets));  // the owed offsets go with these
   next_commit_ = SteadyClock::now() + options_.commit_interval;
+  failpoint("after_offset_commit_sent");
 }
 
 void Worker::abandon_in_flight() noexcept {
@@ -316,6 +317,9 @@ void Worker::abandon_in_flight() noexcept {
 }
 
 void Worker::back_off(int attempt, std::vector<InboundRecord>* batch) {
+  // Owed offsets are of batches whose results are out: an outage must not hold them back (a
+  // crash during it would replay those batches too).
+  if (consumer_->owes_commits()) send_commit({});
   const auto end = SteadyClock::now() + backoff_.delay(attempt);
   for (;;) {
     note_stop();

@@ -13,7 +13,8 @@ namespace {
 
 constexpr std::string_view kFailpoints[] = {"after_db_commit", "after_db_commit_in_flight",
                                             "after_results_acked", "before_offset_commit",
-                                            "after_offset_commit_sent"};
+                                            "after_offset_commit_sent",
+                                            "after_offset_commit_deferred"};
 
 void require_positive(std::chrono::milliseconds value, const char* flag) {
   if (value <= std::chrono::milliseconds::zero()) throw ConfigError(flag, "must be positive");

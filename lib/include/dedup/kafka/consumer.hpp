@@ -143,8 +143,8 @@ class Consumer {
   // librdkafka's cached watermarks (no broker round trip). Never throws.
   void report_lag() noexcept;
 
-  // Collects the commit on its way, if any (commits nothing new), leaves the group (revoking the
-  // assignment), and closes. Returns within about 10 s even when librdkafka does not let the
+  // Collects the commit on its way, if any, commits the owed offsets (defer_commit), leaves the
+  // group (revoking the assignment), and closes. Returns within about 10 s even when librdkafka does not let the
   // group go: the handle is then never destroyed (see ~Consumer). Idempotent. Never throws;
   // errors are logged.
   void close() noexcept;
