@@ -16,6 +16,9 @@ constexpr auto kPollSlice = std::chrono::milliseconds(100);
 // and a LeaveGroup, well under a second when the group is healthy (librdkafka gives up on an
 // unanswered LeaveGroup after 5 s).
 constexpr auto kCloseDeadline = std::chrono::seconds(10);
+// How long a revocation or close() waits for the commit of owed offsets: with the coordinator
+// unreachable librdkafka may hold a new commit for minutes, and partitions must go all the same.
+constexpr auto kOwedCommitDeadline = std::chrono::seconds(3);
 
 std::string bytes(const void* data, std::size_t size) {
   return {static_cast<const char*>(data), size};
@@ -279,7 +282,7 @@ CommitOutcome Consumer::start_commit(std::span<const PartitionOffset> offsets) {
   return previous;
 }
 
-CommitOutcome Consumer::finish_commit() {
+CommitOutcome Consumer::finish_commit(std::chrono::steady_clock::time_point until) {
   if (!commit_in_flight_) return {};
   const CommitInFlight commit = std::move(*commit_in_flight_);
   commit_in_flight_.reset();
@@ -290,7 +293,18 @@ CommitOutcome Consumer::finish_commit() {
     // librdkafka answers every commit (success, broker error, or its own timeout), as the
     // synchronous rd_kafka_commit relies on too.
     EventPtr event;
-    while (!event) event.reset(rd_kafka_queue_poll(commit_queue_.get(), 1000));
+    while (!event) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left <= std::chrono::milliseconds::zero()) {
+        // Not kept: only a revocation or close() sets a deadline, and they give the partitions
+        // up; their owner reads the records again from the committed offset.
+        observer_.on_kafka_error(rd_kafka_err2name(RD_KAFKA_RESP_ERR__TIMED_OUT));
+        return {false, "offset commit not answered in time"};
+      }
+      event.reset(rd_kafka_queue_poll(commit_queue_.get(),
+                                      static_cast<int>(std::min<std::int64_t>(left.count(), 1000))));
+    }
     err = rd_kafka_event_error(event.get());
     const rd_kafka_topic_partition_list_t* list = rd_kafka_event_topic_partition_list(event.get());
     for (int i = 0; err == RD_KAFKA_RESP_ERR_NO_ERROR && list != nullptr && i < list->cnt; ++i) {
@@ -348,7 +362,10 @@ void Consumer::collect_commit_before_release(const char* moment) noexcept {
 
 void Consumer::commit_owed_before_release(const char* moment) noexcept {
   try {
-    if (const CommitOutcome owed = commit_owed(); !owed.ok) {
+    if (owed_commits_.empty()) return;
+    (void)start_commit({});  // the commit on its way was collected before
+    const CommitOutcome owed = finish_commit(std::chrono::steady_clock::now() + kOwedCommitDeadline);
+    if (!owed.ok) {
       spdlog::warn("commit of owed offsets failed as partitions are {} (their owner reads them "
                    "again from the committed offset): {}",
                    moment, owed.error);
@@ -414,6 +431,7 @@ void Consumer::close() noexcept {
   closed_ = true;
   collect_commit_before_release("closed");
   commit_owed_before_release("closed");
+  owed_commits_.clear();  // tried once: the revocation below must not wait for them again
   const auto until = std::chrono::steady_clock::now() + kCloseDeadline;
   if (incremental_) give_back_assignment(until);
   if (!leave_group(until)) {

@@ -100,7 +100,10 @@ class Consumer {
   // is still ours under the same assignment; if it moves, its records are read again by the new
   // owner and their results replayed. A revocation and close() run this (and log a failure)
   // before they give any partition up. Never throws but std::bad_alloc.
-  CommitOutcome finish_commit();
+  // With `until`, a commit not answered by then is given up (a failure, not kept): for a
+  // revocation and close(), which must let the partitions go.
+  CommitOutcome finish_commit(
+      std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max());
 
   // start_commit, then finish_commit: the commit, synchronously.
   CommitOutcome commit(std::span<const PartitionOffset> offsets);
