@@ -423,6 +423,37 @@ TEST_F(KafkaClientTest, ARefusedCommitDoesNotReplaceANewerOwedOffset) {
       << "the refused offset 1 replaced the owed offset 2";
 }
 
+// A commit given up at its deadline (a revocation's or close()'s) is answered later all the same:
+// that answer must not be taken for the next commit's. Here the given-up commit is refused and
+// the next one succeeds; read the other way round, a success would clear offsets whose commit
+// failed.
+TEST_F(KafkaClientTest, AnAnswerGivenUpOnIsNotTakenForTheNextCommit) {
+  cluster_.create_topic("given-up", 1);
+  write_records(brokers_, std::vector<OutboundRecord>{{"given-up", "k", "v", {}, 0},
+                                                      {"given-up", "k", "w", {}, 0}});
+  const std::string group = unique_name("given-up");
+  Observer observer;
+  Consumer consumer({brokers_, group, {"given-up"}, fast_group_settings()}, observer);
+  auto records = poll_records(consumer, 2);
+  ASSERT_EQ(records.size(), 2u);
+
+  cluster_.push_request_errors(ApiKey::offset_commit,
+                               {RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED});
+  cluster_.set_rtt(-1, 1500);  // the refusal comes after the deadline
+  ASSERT_TRUE(consumer.start_commit(next_offsets(std::span(records).first(1))).ok);
+  const CommitOutcome given_up = consumer.finish_commit(std::chrono::steady_clock::now() + 200ms);
+  ASSERT_FALSE(given_up.ok);
+  EXPECT_NE(given_up.error.find("not answered in time"), std::string::npos) << given_up.error;
+  EXPECT_FALSE(consumer.owes_commits()) << "a commit given up is not kept";
+  cluster_.set_rtt(-1, 0);
+
+  const CommitOutcome next = consumer.commit(next_offsets(records));
+  EXPECT_TRUE(next.ok) << "the given-up commit's refusal was taken for this one: " << next.error;
+  EXPECT_EQ(test::committed_offsets(brokers_, group, "given-up", 1).at(0), 2);
+  EXPECT_TRUE(consumer.finish_commit().ok) << "nothing on its way any more";
+  EXPECT_FALSE(consumer.owes_commits());
+}
+
 // A revocation collects the commit on its way before it gives the partitions up: answered later,
 // it could be applied while the partition is read under a new assignment. A refusal collected
 // there is tried once more with the owed offsets (the mock broker refuses that too: a rebalance

@@ -299,6 +299,10 @@ CommitOutcome Consumer::finish_commit(std::chrono::steady_clock::time_point unti
       if (left <= std::chrono::milliseconds::zero()) {
         // Not kept: only a revocation or close() sets a deadline, and they give the partitions
         // up; their owner reads the records again from the committed offset.
+        // Its answer still comes, later, and must not be taken for the next commit's (a refusal
+        // read as a success, or the reverse): the next commits get a queue of their own, and
+        // librdkafka drops an answer for a destroyed queue.
+        commit_queue_.reset(rd_kafka_queue_new(handle_.get()));
         observer_.on_kafka_error(rd_kafka_err2name(RD_KAFKA_RESP_ERR__TIMED_OUT));
         return {false, "offset commit not answered in time"};
       }

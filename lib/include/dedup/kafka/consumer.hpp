@@ -100,8 +100,8 @@ class Consumer {
   // is still ours under the same assignment; if it moves, its records are read again by the new
   // owner and their results replayed. A revocation and close() run this (and log a failure)
   // before they give any partition up. Never throws but std::bad_alloc.
-  // With `until`, a commit not answered by then is given up (a failure, not kept): for a
-  // revocation and close(), which must let the partitions go.
+  // With `until`, a commit not answered by then is given up (a failure, not kept; its late
+  // answer is discarded): for a revocation and close(), which must let the partitions go.
   CommitOutcome finish_commit(
       std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max());
 
@@ -181,8 +181,9 @@ class Consumer {
   Observer& observer_;
   HandlePtr handle_;
   // Where the answers to offset commits arrive (rd_kafka_commit_queue), never through the
-  // consumer's poll: one commit is on its way at most, so one queue serves them all. Declared
-  // after handle_: destroyed before it.
+  // consumer's poll: one commit is on its way at most, so one queue serves them all — until a
+  // commit is given up (finish_commit's deadline): then a new queue, so that its late answer is
+  // never read as another commit's. Declared after handle_: destroyed before it.
   QueuePtr commit_queue_;
   // The assigned partitions, each with the number of its current assignment (InboundRecord::
   // assignment). Every assignment gets a new number, so a revoke followed by an assign of the
