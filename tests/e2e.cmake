@@ -41,7 +41,8 @@ dedup_add_e2e(e2e_worker_crashes_kafka test_worker_robustness.CrashAtFailpointTe
   test_worker_robustness.RejectedReplayTest LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_BROKER=kafka)
 dedup_add_e2e(e2e_kafka_real_4.4.0 test_kafka_real LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_KAFKA_VERSION=4.4.0)
 dedup_add_e2e(e2e_kafka_real_3.9.2 test_kafka_real LABEL kafka TIMEOUT 900 ENV DEDUP_E2E_KAFKA_VERSION=3.9.2)
-# Groups on a real broker (cooperative-sticky and eager churn, static membership), the broker
+# Groups on a real broker (cooperative-sticky and eager churn, owed offsets committed at a
+# revocation, static membership), the broker
 # SIGKILLed and restarted under load, a result over the results topic's max.message.bytes:
 # one JVM for the module, ~3 min in a debug build.
 dedup_add_e2e(e2e_real_kafka_groups test_real_kafka_groups LABEL kafka TIMEOUT 600)

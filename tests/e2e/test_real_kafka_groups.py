@@ -7,6 +7,9 @@ be SIGKILLed and restarted on its data, and does not enforce a topic's max.messa
     2.0.2 drops a member's whole assignment when an offset commit races a cooperative rebalance
     (ILLEGAL_GENERATION; librdkafka issue #4059), which costs time and redeliveries, not
     correctness;
+  - offsets owed under `run --commit-interval` committed before an eager revocation gives the
+    partitions up (the mock refuses every commit during a rebalance: only a real broker shows it
+    lands): at most the batch whose results were on their way is processed again;
   - static membership (group.instance.id): each of three workers restarted in turn gets its own
     partitions back and the others do not rebalance;
   - the broker SIGKILLed and restarted on the same data directory under load;
@@ -349,6 +352,56 @@ class GroupChurnTest(RealKafkaGroupCase):
         # Eager: every rebalance revokes everything from every member, then assigns anew.
         self.assertEqual(incremental, [])
         self.assertGreaterEqual(len(stop_the_world), 5, "eager rebalances revoke every member's partitions")
+
+
+# --- Owed offsets committed at a revocation -----------------------------------------------------------
+
+class RevocationCommitTest(RealKafkaGroupCase):
+    """`run --commit-interval` leaves offsets owed between commits; before a revocation gives the
+    partitions up they are committed while still ours. librdkafka's mock refuses every commit
+    during a rebalance, so only a real broker shows that this commit lands. A worker with an
+    interval of an hour drains a backlog in batches of 10 (never caught up: nothing commits its
+    offsets but the revocation); a second member joins in the middle (eager: everything is
+    revoked). Whatever the first had processed must not be processed again: at most the batch
+    whose results were on their way at a revocation is republished, not the thousands behind it."""
+
+    MAX_BATCH = 10
+
+    def test_owed_offsets_are_committed_before_a_revocation(self):
+        self.use_database()
+        workload = Workload(keys=6000, repeats=1500, reused=30, bad=10, seed=51)
+        watcher = self.watch_commits()
+        sources = [(COMMANDS, p, o) for p, o in produce_tracked(self.broker.bootstrap, COMMANDS, workload.records)]
+        a = self.start_worker("--commit-interval", "1h", name="a", max_batch=self.MAX_BATCH)
+        self.wait_assigned(a)
+        self.wait_more(1500, timeout=120)
+        processed_before = len(self.results.messages)
+        self.assertLess(processed_before, len(sources) - 1500, "the first worker drained too fast to be "
+                        "revoked in the middle of the backlog")
+        joined = time.time()
+        b = self.start_worker("--commit-interval", "1h", name="b", max_batch=self.MAX_BATCH)
+        self.wait_assigned(b)
+        revoked = [e for e in partition_events(a) if e.kind == "revoked" and e.at >= joined - 1]
+        self.assertTrue(revoked, f"the first worker was not revoked when the second joined\n{self.logs()}")
+
+        self.wait_all(sources, timeout=300)
+        self.wait_committed(timeout=90)
+        watcher.stop()
+        self.verify(workload, sources)
+        watcher.check(self, sources, self.results.messages)
+
+        log_a = a.log_text()
+        self.assertNotIn("commit of owed offsets failed", log_a, self.logs())
+        self.assertNotIn("offset commit failed", log_a, self.logs())
+        revocations = sum(1 for w in (a, b) for e in partition_events(w, while_running=True)
+                          if e.kind in ("revoked", "lost"))
+        republished = len(self.results.messages) - len(harness.result_sources(self.results.messages))
+        measured(f"owed offsets at a revocation (commit interval 1h, batches of {self.MAX_BATCH}): "
+                 f"{processed_before} results before the second member joined, {revocations} "
+                 f"revocation(s), {republished} result(s) republished for redelivered records")
+        self.assertLessEqual(republished, self.MAX_BATCH * revocations,
+                             "records processed before the revocation were processed again: their "
+                             "owed offsets were not committed")
 
 
 # --- Static membership ---------------------------------------------------------------------------------

@@ -141,9 +141,9 @@ class RobustnessCase(unittest.TestCase):
         self.db = self.enterContext(Database(server))
         return self.db
 
-    def start_worker(self, *extra, env=None, name="worker", conninfo=None):
+    def start_worker(self, *extra, env=None, name="worker", conninfo=None, max_batch=100):
         worker = self.enterContext(Worker(self.broker, conninfo or self.db.conninfo,
-                                          extra_args=("--max-batch", "100", *extra), env=env, name=name))
+                                          extra_args=("--max-batch", str(max_batch), *extra), env=env, name=name))
         self.workers.append(worker)
         return worker
 
