@@ -297,12 +297,13 @@ CommitOutcome Consumer::finish_commit(std::chrono::steady_clock::time_point unti
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           until - std::chrono::steady_clock::now());
       if (left <= std::chrono::milliseconds::zero()) {
-        // Not kept: only a revocation or close() sets a deadline, and they give the partitions
-        // up; their owner reads the records again from the committed offset.
         // Its answer still comes, later, and must not be taken for the next commit's (a refusal
         // read as a success, or the reverse): the next commits get a queue of their own, and
-        // librdkafka drops an answer for a destroyed queue.
+        // librdkafka drops an answer for a destroyed queue. Its offsets are kept as a refusal's:
+        // a cooperative revocation gives up only some partitions, and the others' offsets would
+        // otherwise never be committed while they get no new record.
         commit_queue_.reset(rd_kafka_queue_new(handle_.get()));
+        owe_again(commit.offsets);
         observer_.on_kafka_error(rd_kafka_err2name(RD_KAFKA_RESP_ERR__TIMED_OUT));
         return {false, "offset commit not answered in time"};
       }
@@ -320,17 +321,22 @@ CommitOutcome Consumer::finish_commit(std::chrono::steady_clock::time_point unti
     }
   }
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return {};
+  owe_again(commit.offsets);
+  observer_.on_kafka_error(rd_kafka_err2name(err));
+  return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};
+}
+
+void Consumer::owe_again(const std::map<TopicPartition, AssignedOffset>& offsets) {
   // Kept for the next commit, or for commit_owed() while no batch comes: otherwise an
   // idle partition's committed offset would stay behind its published results (lag alerts, and
-  // a replay of the whole tail after the next rebalance).
+  // a replay of the whole tail after the next rebalance). Partitions given up are forgotten, their
+  // owed offsets with them; close() drops the rest.
   // An offset owed meanwhile (deferred after this commit was sent) is newer: it stays.
-  for (const auto& [tp, offset] : commit.offsets) {
+  for (const auto& [tp, offset] : offsets) {
     const auto owner = assigned_.find(tp);
     if (owner != assigned_.end() && owner->second == offset.assignment)
       owed_commits_.try_emplace(tp, offset);
   }
-  observer_.on_kafka_error(rd_kafka_err2name(err));
-  return {false, std::string(rd_kafka_err2name(err)) + where + ": " + rd_kafka_err2str(err)};
 }
 
 CommitOutcome Consumer::commit(std::span<const PartitionOffset> offsets) {

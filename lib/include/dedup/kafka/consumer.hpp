@@ -100,7 +100,7 @@ class Consumer {
   // is still ours under the same assignment; if it moves, its records are read again by the new
   // owner and their results replayed. A revocation and close() run this (and log a failure)
   // before they give any partition up. Never throws but std::bad_alloc.
-  // With `until`, a commit not answered by then is given up (a failure, not kept; its late
+  // With `until`, a commit not answered by then is given up (a failure, kept as one; its late
   // answer is discarded): for a revocation and close(), which must let the partitions go.
   CommitOutcome finish_commit(
       std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max());
@@ -210,6 +210,9 @@ class Consumer {
     rd_kafka_resp_err_t send_error = RD_KAFKA_RESP_ERR_NO_ERROR;  // refused before it was sent
   };
   std::optional<CommitInFlight> commit_in_flight_;
+  // A commit's offsets that were not committed (refused, or not answered in time) are owed again
+  // for partitions still ours under the same assignment; an offset owed meanwhile is newer.
+  void owe_again(const std::map<TopicPartition, AssignedOffset>& offsets);
 };
 
 }  // namespace dedup::kafka
