@@ -237,8 +237,12 @@ TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
 // destructors of the test above; not reproduced here in 60 tries).
 // With `owing`, close() also has an owed offset to commit (run --commit-interval) while the broker
 // is down: that commit must not hold it past its deadline either.
+// What close() finds besides its partitions: nothing, offsets owed, or a commit sent as the
+// broker went down (its answer may take minutes).
+enum class Pending { nothing, owed_offsets, commit_on_its_way };
+
 void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, KafkaSettings settings,
-                                                     bool owing = false) {
+                                                     Pending pending = Pending::nothing) {
   class Revocations final : public Observer {
    public:
     void on_partition_revoked(std::int32_t /*partition*/) override { ++count; }
@@ -249,15 +253,19 @@ void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, Kafka
                     revocations);
   serve_until_assigned(consumer, 1, 30s);
   ASSERT_EQ(consumer.assigned_count(), 1u);
-  if (owing) {
+  std::vector<InboundRecord> records;
+  if (pending != Pending::nothing) {
     write_records(cluster.bootstraps(), std::vector<OutboundRecord>{{"closing", "k", "v", {}, 0}});
-    const auto records = poll_records(consumer, 1);
+    records = poll_records(consumer, 1);
     ASSERT_EQ(records.size(), 1u);
+  }
+  if (pending == Pending::owed_offsets) {
     consumer.defer_commit(next_offsets(records));
     ASSERT_TRUE(consumer.owes_commits());
   }
 
   cluster.set_broker_down();
+  if (pending == Pending::commit_on_its_way) consumer.start_commit(next_offsets(records));
   const auto started = std::chrono::steady_clock::now();
   consumer.close();
   const auto took = std::chrono::steady_clock::now() - started;
@@ -273,7 +281,13 @@ TEST_F(KafkaClientTest, CloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) 
 }
 
 TEST_F(KafkaClientTest, CloseWithOwedOffsetsReturnsWhileTheBrokerIsDown) {
-  expect_close_serves_revocation_with_broker_down(cluster_, fast_group_settings(), /*owing=*/true);
+  expect_close_serves_revocation_with_broker_down(cluster_, fast_group_settings(),
+                                                  Pending::owed_offsets);
+}
+
+TEST_F(KafkaClientTest, CloseWithACommitOnItsWayReturnsWhileTheBrokerIsDown) {
+  expect_close_serves_revocation_with_broker_down(cluster_, fast_group_settings(),
+                                                  Pending::commit_on_its_way);
 }
 
 TEST_F(KafkaClientTest, CooperativeCloseServesTheRevocationAndReturnsWhileTheBrokerIsDown) {

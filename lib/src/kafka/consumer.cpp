@@ -16,9 +16,10 @@ constexpr auto kPollSlice = std::chrono::milliseconds(100);
 // and a LeaveGroup, well under a second when the group is healthy (librdkafka gives up on an
 // unanswered LeaveGroup after 5 s).
 constexpr auto kCloseDeadline = std::chrono::seconds(10);
-// How long a revocation or close() waits for the commit of owed offsets: with the coordinator
-// unreachable librdkafka may hold a new commit for minutes, and partitions must go all the same.
-constexpr auto kOwedCommitDeadline = std::chrono::seconds(3);
+// How long a revocation or close() waits for offset commits (the one on its way, then the owed
+// offsets): with the coordinator unreachable librdkafka may hold a commit for minutes, and the
+// partitions must go all the same.
+constexpr auto kReleaseCommitDeadline = std::chrono::seconds(3);
 
 std::string bytes(const void* data, std::size_t size) {
   return {static_cast<const char*>(data), size};
@@ -165,12 +166,12 @@ void Consumer::handle_rebalance(rd_kafka_resp_err_t err,
     const bool lost = rd_kafka_assignment_lost(rk) != 0;
     // The commit on its way is answered while revoked partitions are still ours: released first,
     // it could be applied once the partition is read under a new assignment (ours or another
-    // member's). A lost assignment has moved already; the broker's generation check refuses it.
-    collect_commit_before_release(lost ? "lost" : "revoked");
-    // Deferred offsets of partitions that are still ours go now, while they are: otherwise their
-    // new owner would read again and replay what this member has published. A lost assignment
-    // has moved already (the broker would refuse them).
-    if (!lost) commit_owed_before_release("revoked");
+    // member's) and move its committed offset back (a replay; never past a result, so a commit
+    // not answered within the deadline is let go). Owed offsets go now too, while the partitions
+    // are ours: otherwise their new owner would read again and replay what this member has
+    // published. A lost assignment has moved already; the broker's generation check refuses
+    // commits for it.
+    settle_commits_before_release(lost ? "lost" : "revoked", /*send_owed=*/!lost);
     if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
       spdlog::warn("kafka rebalance error: {}", rd_kafka_err2name(err));
       observer_.on_kafka_error(rd_kafka_err2name(err));
@@ -255,19 +256,11 @@ void Consumer::serve(std::chrono::milliseconds duration) {
 
 CommitOutcome Consumer::start_commit(std::span<const PartitionOffset> offsets) {
   CommitOutcome previous = finish_commit();
-  // These offsets, and those owed, for partitions still ours under the same assignment (a newer
-  // offset of the same partition supersedes an owed one).
-  CommitInFlight commit;
-  for (const auto& [tp, owed] : owed_commits_) {
-    const auto owner = assigned_.find(tp);
-    if (owner != assigned_.end() && owner->second == owed.assignment) commit.offsets[tp] = owed;
-  }
-  for (const PartitionOffset& o : offsets) {
-    const TopicPartition tp{o.topic, o.partition};
-    const auto owner = assigned_.find(tp);
-    commit.offsets[tp] = {o.next_offset, owner != assigned_.end() ? owner->second : 0};
-  }
-  if (commit.offsets.empty()) return previous;
+  // These offsets join the owed ones (a newer offset of a partition supersedes the one owed, a
+  // partition that is not ours is left to its owner), and all go together.
+  defer_commit(offsets);
+  if (owed_commits_.empty()) return previous;
+  CommitInFlight commit{owed_commits_};
 
   TopicPartitionListPtr list = make_partition_list(static_cast<int>(commit.offsets.size()));
   for (const auto& [tp, offset] : commit.offsets) {
@@ -357,31 +350,24 @@ CommitOutcome Consumer::commit_owed() {
   return commit({});
 }
 
-void Consumer::collect_commit_before_release(const char* moment) noexcept {
+void Consumer::settle_commits_before_release(const char* moment, bool send_owed) noexcept {
+  const auto until = std::chrono::steady_clock::now() + kReleaseCommitDeadline;
   try {
-    if (const CommitOutcome last = finish_commit(); !last.ok) {
+    if (const CommitOutcome last = finish_commit(until); !last.ok) {
       spdlog::warn(
           "offset commit failed as partitions are {} (their owner reads them again from "
           "the committed offset): {}",
           moment, last.error);
     }
-  } catch (const std::exception& e) {  // std::bad_alloc
-    spdlog::warn("offset commit on its way not collected (partitions {}): {}", moment, e.what());
-  }
-}
-
-void Consumer::commit_owed_before_release(const char* moment) noexcept {
-  try {
-    if (owed_commits_.empty()) return;
-    (void)start_commit({});  // the commit on its way was collected before
-    const CommitOutcome owed = finish_commit(std::chrono::steady_clock::now() + kOwedCommitDeadline);
-    if (!owed.ok) {
+    if (!send_owed || owed_commits_.empty()) return;
+    (void)start_commit({});  // the commit on its way was collected above
+    if (const CommitOutcome owed = finish_commit(until); !owed.ok) {
       spdlog::warn("commit of owed offsets failed as partitions are {} (their owner reads them "
                    "again from the committed offset): {}",
                    moment, owed.error);
     }
   } catch (const std::exception& e) {  // std::bad_alloc
-    spdlog::warn("owed offsets not committed (partitions {}): {}", moment, e.what());
+    spdlog::warn("offsets not committed (partitions {}): {}", moment, e.what());
   }
 }
 
@@ -439,8 +425,7 @@ void Consumer::report_lag() noexcept {
 void Consumer::close() noexcept {
   if (closed_ || !handle_) return;
   closed_ = true;
-  collect_commit_before_release("closed");
-  commit_owed_before_release("closed");
+  settle_commits_before_release("closed", /*send_owed=*/true);
   owed_commits_.clear();  // tried once: the revocation below must not wait for them again
   const auto until = std::chrono::steady_clock::now() + kCloseDeadline;
   if (incremental_) give_back_assignment(until);

@@ -87,8 +87,8 @@ class Consumer {
   // Records that arrive are kept, in order, for the next poll_batch. Throws as poll_batch.
   void serve(std::chrono::milliseconds duration);
 
-  // Sends these offsets for commit, with any owed (deferred, or whose commit failed) whose
-  // partition is still ours under the same assignment, and returns without waiting for the broker: the loop
+  // Sends these offsets (of partitions that are ours) for commit, with the owed ones (deferred, or
+  // whose commit failed), and returns without waiting for the broker: the loop
   // processes the next batch meanwhile. The commit already on its way, if any, is finished first
   // (finish_commit), so a partition's commits reach the broker one after the other, in order;
   // returns that commit's outcome ({} when there was none). Never throws but std::bad_alloc.
@@ -171,12 +171,10 @@ class Consumer {
   // Closes the consumer's group membership, serving its last rebalance; false if librdkafka did
   // not finish by `until`.
   bool leave_group(std::chrono::steady_clock::time_point until) noexcept;
-  // finish_commit before partitions are given up (`moment`: "revoked", "lost", "closed"); logs
-  // a failure. Never throws: the partitions must go all the same.
-  void collect_commit_before_release(const char* moment) noexcept;
-  // commit_owed before partitions are given up (`moment`: "revoked", "closed"); logs a failure.
+  // Before partitions are given up (`moment`: "revoked", "lost", "closed"): finish_commit, then
+  // (with `send_owed`) the owed offsets' commit, waiting at most 3 s in all; logs a failure.
   // Never throws: the partitions must go all the same.
-  void commit_owed_before_release(const char* moment) noexcept;
+  void settle_commits_before_release(const char* moment, bool send_owed) noexcept;
 
   Observer& observer_;
   HandlePtr handle_;
@@ -203,6 +201,7 @@ class Consumer {
     std::uint64_t assignment;
   };
   // Offsets owed: deferred (defer_commit), or whose commit failed; sent with the next commit.
+  // Only of partitions ours under the assignment noted: forget() drops a revoked partition's.
   std::map<TopicPartition, AssignedOffset> owed_commits_;
   // The commit sent and not yet finished; its answer arrives on commit_queue_.
   struct CommitInFlight {
