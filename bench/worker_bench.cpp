@@ -318,8 +318,6 @@ double burst(LoadProducer& producer, Recorder& recorder, CommittedOffsets& commi
   return std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
 
-// What a paced phase measured: the latencies the worker reported, where they went, and when the
-// phase began.
 // The machine's CPU time, all cores, from /proc/stat (ticks): busy (neither idle nor waiting for
 // I/O), stolen by the hypervisor, and in all.
 struct CpuTicks {
@@ -351,6 +349,8 @@ BusyShare busy_share(const CpuTicks& from, const CpuTicks& to) {
   return {static_cast<double>(to.busy - from.busy) / total, static_cast<double>(to.steal - from.steal) / total};
 }
 
+// What a paced phase measured: the latencies the worker reported, where they went, when the
+// phase began, and how busy the machine was meanwhile.
 struct PacedPhase {
   std::vector<Latency> latencies;
   Stages stages;
