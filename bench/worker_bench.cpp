@@ -517,11 +517,6 @@ int main(int argc, char** argv) try {
   worker_options.max_batch_records = options.max_batch;
   worker_options.commit_interval = dedup::parse_duration(options.commit_interval, "--commit-interval");
   worker_options.kafka_settings = {{"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
-  if (cluster) {
-    // The mock holds an empty fetch for the whole fetch.wait.max.ms instead of answering when data
-    // arrives (real brokers long-poll): keep it short, as a worker on the dev broker should.
-    worker_options.kafka_settings["fetch.wait.max.ms"] = "5";
-  }
   for (const std::string& setting : options.kafka_settings) {
     const auto equals = setting.find('=');
     if (equals == std::string::npos || equals == 0) throw std::runtime_error("-X " + setting + ": want key=value");
@@ -610,7 +605,7 @@ int main(int argc, char** argv) try {
   std::cout << fmt::format("worker commands: {}\n", n);
   std::cout << fmt::format("worker partitions: {} (results topic: {})\n", options.partitions, results_partitions);
   if (cluster) {
-    std::cout << "worker broker: librdkafka mock cluster, in process (fetch.wait.max.ms=5)\n";
+    std::cout << "worker broker: librdkafka mock cluster, in process\n";
   } else {
     std::cout << fmt::format("worker broker: {} at {}\n",
                              options.broker_name.empty() ? "Kafka" : options.broker_name, brokers);

@@ -218,9 +218,6 @@ class Worker(ManagedProcess):
                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                 # The mock waits out a killed member's session before rebalancing: keep it short.
                 "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
-                # The mock holds empty fetches for the whole wait (docs/operations.md); a real
-                # broker answers a waiting fetch as soon as records arrive: keep its default.
-                *(["-X", "fetch.wait.max.ms=10"] if broker.kind == "dev" else []),
                 *extra_args]
         super().__init__(args, os.path.join(broker.dir, f"{name}-{uuid.uuid4().hex[:6]}.log"),
                          env={**broker.worker_env, **(env or {})}, stop_timeout=40)

@@ -19,6 +19,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::fast_group_settings;
+using test::live_setting;
 using test::read_topic;
 using test::unique_name;
 using test::write_records;
@@ -608,6 +609,20 @@ TEST_F(KafkaClientTest, ProducerRefusesSettingsThatBreakTheGuarantees) {
                ConfigError);
   // Restating a forced value is fine.
   EXPECT_NO_THROW(Producer({brokers_, {{"acks", "all"}, {"linger.ms", "1"}}}, observer));
+}
+
+// A worker reads in batches: a fetch waits for 16 KiB or 10 ms (librdkafka's defaults answer at
+// the first record, which on a busy stream is a request per handful of records, or hold an empty
+// fetch for 500 ms). Read back from the live consumer; -X still wins.
+TEST_F(KafkaClientTest, ConsumerFetchesFullerBatchesByDefaultAndMinusXWins) {
+  Observer observer;
+  Consumer defaults({brokers_, unique_name("fetch"), {"t"}, {}}, observer);
+  EXPECT_EQ(live_setting(defaults.handle(), "fetch.min.bytes"), "16384");
+  EXPECT_EQ(live_setting(defaults.handle(), "fetch.wait.max.ms"), "10");
+  Consumer tuned({brokers_, unique_name("fetch"), {"t"}, {{"fetch.min.bytes", "1"}, {"fetch.wait.max.ms", "500"}}},
+                 observer);
+  EXPECT_EQ(live_setting(tuned.handle(), "fetch.min.bytes"), "1");
+  EXPECT_EQ(live_setting(tuned.handle(), "fetch.wait.max.ms"), "500");
 }
 
 TEST_F(KafkaClientTest, DeadLetterCarriesOriginalBytesAndHeadersPlusFive) {

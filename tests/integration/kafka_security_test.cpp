@@ -12,12 +12,7 @@
 namespace dedup {
 namespace {
 
-std::string setting_of(rd_kafka_t* handle, const char* key) {
-  char value[512];
-  std::size_t size = sizeof value;
-  if (rd_kafka_conf_get(rd_kafka_conf(handle), key, value, &size) != RD_KAFKA_CONF_OK) return "<unset>";
-  return value;
-}
+using test::live_setting;
 
 const kafka::KafkaSettings kSaslSsl = {
     {"security.protocol", "SASL_SSL"},
@@ -37,11 +32,11 @@ TEST(KafkaSecurity, SaslSslSettingsReachTheProducerAndTheConsumer) {
                             .settings = kSaslSsl},
                            observer);
   for (rd_kafka_t* handle : {producer.handle(), consumer.handle()}) {
-    EXPECT_EQ(setting_of(handle, "security.protocol"), "sasl_ssl");
-    EXPECT_EQ(setting_of(handle, "sasl.mechanisms"), "SCRAM-SHA-512");
-    EXPECT_EQ(setting_of(handle, "sasl.username"), "dedup");
-    EXPECT_EQ(setting_of(handle, "ssl.ca.location"), "/etc/ssl/certs/ca-certificates.crt");
-    EXPECT_EQ(setting_of(handle, "ssl.endpoint.identification.algorithm"), "https");
+    EXPECT_EQ(live_setting(handle, "security.protocol"), "sasl_ssl");
+    EXPECT_EQ(live_setting(handle, "sasl.mechanisms"), "SCRAM-SHA-512");
+    EXPECT_EQ(live_setting(handle, "sasl.username"), "dedup");
+    EXPECT_EQ(live_setting(handle, "ssl.ca.location"), "/etc/ssl/certs/ca-certificates.crt");
+    EXPECT_EQ(live_setting(handle, "ssl.endpoint.identification.algorithm"), "https");
   }
 }
 
@@ -75,7 +70,7 @@ TEST(KafkaSecurity, SecretsComeFromTheEnvironmentNotTheArguments) {
   all.merge(kafka::KafkaSettings(settings));
   test::RecordingObserver observer;
   kafka::Producer producer({.brokers = "127.0.0.1:1", .settings = all}, observer);
-  EXPECT_EQ(setting_of(producer.handle(), "sasl.password"), "s3cr=t");
+  EXPECT_EQ(live_setting(producer.handle(), "sasl.password"), "s3cr=t");
 }
 
 }  // namespace

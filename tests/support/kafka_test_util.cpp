@@ -17,6 +17,13 @@ std::string unique_name(std::string_view prefix) {
   return std::string(prefix) + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
 }
 
+std::string live_setting(rd_kafka_t* handle, const char* key) {
+  char value[512];
+  std::size_t size = sizeof value;
+  if (rd_kafka_conf_get(rd_kafka_conf(handle), key, value, &size) != RD_KAFKA_CONF_OK) return "<unset>";
+  return value;
+}
+
 kafka::KafkaSettings fast_group_settings() {
   return {{kafka::config_key::kSessionTimeoutMs, "6000"},
           {kafka::config_key::kHeartbeatIntervalMs, "500"},

@@ -32,6 +32,10 @@ std::string unique_name(std::string_view prefix);
 // (the mock keeps a SIGKILLed member until its session times out).
 kafka::KafkaSettings fast_group_settings();
 
+// The value of librdkafka property `key` read back from the live client (not from our settings),
+// or "<unset>".
+std::string live_setting(rd_kafka_t* handle, const char* key);
+
 // Writes `records` with the production Producer; fails the test unless all are acknowledged.
 void write_records(const std::string& brokers, std::span<const kafka::OutboundRecord> records);
 

@@ -25,6 +25,7 @@ class RecordingLane final : public BatchProcessor {
  public:
   std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
     seen.assign(records.begin(), records.end());
+    records_in_all += records.size();
     thread = std::this_thread::get_id();
     if (rendezvous != nullptr) rendezvous->arrive_and_wait_for_all();
     if (failure) std::rethrow_exception(failure);
@@ -53,7 +54,8 @@ class RecordingLane final : public BatchProcessor {
     }
   };
 
-  std::vector<InboundRecord> seen;
+  std::vector<InboundRecord> seen;  // in the last call
+  std::size_t records_in_all = 0;
   std::thread::id thread;
   std::exception_ptr failure;
   Rendezvous* rendezvous = nullptr;
@@ -71,7 +73,7 @@ std::vector<InboundRecord> records_over(int partitions, int per_partition) {
 
 TEST(LanesTest, EachPartitionGoesToOneLaneInOrderAndResultsComeBackInInputOrder) {
   std::vector<RecordingLane> lanes(4);
-  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]});
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]}, /*max_per_transaction=*/20);
   const auto records = records_over(16, 5);
   const auto results = laned.process(records);
 
@@ -98,7 +100,7 @@ TEST(LanesTest, LanesRunAtTheSameTimeOnThreadsOfTheirOwn) {
   RecordingLane::Rendezvous rendezvous;
   rendezvous.expected = 3;
   for (auto& lane : lanes) lane.rendezvous = &rendezvous;
-  Lanes laned({&lanes[0], &lanes[1], &lanes[2]});
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2]}, /*max_per_transaction=*/2);
   ASSERT_EQ(laned.process(records_over(3, 2)).size(), 6U);
   EXPECT_FALSE(rendezvous.timed_out) << "a lane waited for the others: they ran one after another";
   EXPECT_NE(lanes[0].thread, lanes[1].thread);
@@ -108,18 +110,47 @@ TEST(LanesTest, LanesRunAtTheSameTimeOnThreadsOfTheirOwn) {
 
 TEST(LanesTest, ALaneWithNoRecordsIsNotCalledAndOneBusyLaneRunsOnTheCaller) {
   std::vector<RecordingLane> lanes(4);
-  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]});
-  const auto records = records_over(1, 3);  // partition 0 only: lane 0
+  // Three transactions' worth, so three lanes are asked for, but all of partition 0: lane 0 alone.
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]}, /*max_per_transaction=*/1);
+  const auto records = records_over(1, 3);
   ASSERT_EQ(laned.process(records).size(), 3U);
   EXPECT_EQ(lanes[0].thread, std::this_thread::get_id());
   for (std::size_t lane = 1; lane < lanes.size(); ++lane) EXPECT_TRUE(lanes[lane].seen.empty());
+}
+
+// A batch takes one lane per transaction it fills: a small batch is one transaction on the caller's
+// thread however many lanes there are (four transactions of a few records each would cost four
+// commits for the work of one), a larger one spreads, a full poll takes them all.
+TEST(LanesTest, ABatchTakesOneLanePerTransactionItFills) {
+  const auto run = [](const std::vector<InboundRecord>& records) {
+    std::vector<RecordingLane> lanes(4);
+    Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]}, /*max_per_transaction=*/10);
+    const auto results = laned.process(records);
+    EXPECT_EQ(results.size(), records.size());
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      EXPECT_EQ(results[i].error["partition"], records[i].source.partition) << i;
+      EXPECT_EQ(results[i].error["offset"], records[i].source.offset) << i;
+    }
+    std::vector<std::size_t> shares(lanes.size());
+    std::transform(lanes.begin(), lanes.end(), shares.begin(),
+                   [](const RecordingLane& lane) { return lane.records_in_all; });
+    return std::pair(shares, lanes[0].thread);
+  };
+  const auto [ten, ten_thread] = run(records_over(10, 1));
+  EXPECT_EQ(ten, (std::vector<std::size_t>{10, 0, 0, 0})) << "ten partitions, one transaction's worth";
+  EXPECT_EQ(ten_thread, std::this_thread::get_id());
+  EXPECT_EQ(run(records_over(11, 1)).first, (std::vector<std::size_t>{6, 5, 0, 0}));
+  EXPECT_EQ(run(records_over(16, 2)).first, (std::vector<std::size_t>{8, 8, 8, 8}))
+      << "32 records: four transactions' worth";
+  EXPECT_EQ(run(records_over(16, 5)).first, (std::vector<std::size_t>{20, 20, 20, 20}))
+      << "eight transactions' worth: every lane, each running two";
 }
 
 TEST(LanesTest, APermanentFailureWinsOverATransientOneAndEveryLaneFinishesFirst) {
   std::vector<RecordingLane> lanes(3);
   lanes[0].failure = std::make_exception_ptr(TransientDatabaseError("connection lost", "08006"));
   lanes[2].failure = std::make_exception_ptr(PermanentDatabaseError("schema gone", "3F000"));
-  Lanes laned({&lanes[0], &lanes[1], &lanes[2]});
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2]}, /*max_per_transaction=*/4);
   EXPECT_THROW(laned.process(records_over(3, 4)), PermanentDatabaseError);
   for (const auto& lane : lanes) EXPECT_EQ(lane.seen.size(), 4U) << "every lane ran to its end";
 
@@ -130,10 +161,10 @@ TEST(LanesTest, APermanentFailureWinsOverATransientOneAndEveryLaneFinishesFirst)
 
 TEST(LanesTest, OneLaneIsTheProcessorItself) {
   RecordingLane only;
-  Lanes laned({&only});
+  Lanes laned({&only}, 16);
   ASSERT_EQ(laned.process(records_over(8, 2)).size(), 16U);
   EXPECT_EQ(only.thread, std::this_thread::get_id());
-  EXPECT_THROW(Lanes({}), std::invalid_argument);
+  EXPECT_THROW(Lanes({}, 16), std::invalid_argument);
 }
 
 // An assignor may give a pod partitions {0, 4, 8, 12}: p mod 4 would put them all in lane 0.

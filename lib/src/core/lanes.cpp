@@ -103,11 +103,17 @@ std::vector<CommandResult> Lanes::process_share(BatchProcessor& lane,
   return results;
 }
 
+std::size_t Lanes::lanes_for(std::size_t records) const noexcept {
+  const std::size_t filled = records / max_per_transaction_ + (records % max_per_transaction_ != 0 ? 1 : 0);
+  return std::clamp<std::size_t>(filled, 1, lanes_.size());
+}
+
 std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records) {
-  if (lanes_.size() == 1) return process_share(*lanes_[0], records);
+  const std::size_t used = lanes_for(records.size());
+  if (used == 1) return process_share(*lanes_[0], records);
 
   std::vector<Share> shares(lanes_.size());
-  const std::vector<std::size_t> lane_of_record = assign(records, lanes_.size());
+  const std::vector<std::size_t> lane_of_record = assign(records, used);
   for (std::size_t i = 0; i < records.size(); ++i) {
     Share& share = shares[lane_of_record[i]];
     share.records.push_back(records[i]);

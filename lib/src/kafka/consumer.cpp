@@ -11,6 +11,15 @@ namespace dedup::kafka {
 namespace {
 
 constexpr const char* kDefaultAutoOffsetReset = "earliest";
+// A fetch is answered once 16 KiB (about a hundred commands) are there or after 10 ms, where
+// librdkafka's defaults answer at the first record or after 500 ms. A worker takes records in
+// batches, and a fetch per handful of records costs the broker and the worker a request each:
+// real Kafka, 16 partitions, 14,000 commands/s, two interleaved pairs: broker reads 33,000-34,000/s
+// down to 20,000-21,000/s, machine busy 0.90-0.92 down to 0.72-0.77, p99 56-97 ms down to 43-54.
+// A record now waits at most 10 ms for its fetch, under any load (500 ms with the defaults on the
+// dev broker, which holds an empty fetch for the whole wait). Both stay overridable with -X.
+constexpr const char* kDefaultFetchMinBytes = "16384";
+constexpr const char* kDefaultFetchWaitMaxMs = "10";
 constexpr auto kPollSlice = std::chrono::milliseconds(100);
 // How long close() waits for the group to let the consumer go: the revocation of its partitions
 // and a LeaveGroup, well under a second when the group is healthy (librdkafka gives up on an
@@ -94,6 +103,8 @@ Consumer::Consumer(const ConsumerOptions& options, Observer& observer)
       {config_key::kClientId, options.client_id},
       {config_key::kGroupId, options.group},
       {config_key::kAutoOffsetReset, kDefaultAutoOffsetReset},
+      {config_key::kFetchMinBytes, kDefaultFetchMinBytes},
+      {config_key::kFetchWaitMaxMs, kDefaultFetchWaitMaxMs},
   };
   ConfPtr conf =
       detail::build_conf(defaults, options.settings,
