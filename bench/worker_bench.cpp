@@ -508,7 +508,8 @@ int main(int argc, char** argv) try {
   dedup::SystemClock clock;
   // As worker/main.cpp's run_worker: N lanes, each a processor over its own key store.
   dedup::DatabaseLanes lanes(lanes_count, dedup::PostgresOptions{.conninfo = options.db, .schema = schema},
-                             catalog, clock, observers, dedup::ParseOptions{}, options.max_batch);
+                             catalog, clock, observers, dedup::ParseOptions{}, options.max_batch,
+                             dedup::WorkerOptions{}.max_batch_bytes);
   CountedBatches processor(lanes, recorder);
   dedup::WorkerOptions worker_options;
   worker_options.brokers = brokers;

@@ -144,7 +144,7 @@ int run_worker(const RunFlags& flags, const DatabaseFlags& database) {
       dedup::PostgresOptions{.conninfo = database.db,
                              .schema = database.schema,
                              .key_ttl = std::chrono::duration_cast<std::chrono::seconds>(key_ttl)},
-      catalog, clock, observer, parse_options, options.max_batch_records);
+      catalog, clock, observer, parse_options, options.max_batch_records, options.max_batch_bytes);
   // SPEC §4: warn when the key TTL does not outlive the commands topic's retention. Off the
   // start-up path: a broker that does not answer (the dev broker never does) costs no time.
   std::jthread ttl_check([&](const std::stop_token& stop) {

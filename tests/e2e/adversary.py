@@ -1749,9 +1749,11 @@ def scenario_lanes_race(cluster, rng, keys=600, rate=120):
     same moment (different lanes of one worker, or of both); a third worker with lanes is
     SIGKILLed after its first batch is committed in Postgres and before anything is published,
     and its lanes' records are replayed by the others. One entity per key, identical results.
-    A batch takes one lane per `--max-batch` records it holds, and at this rate a poll brings a
-    few records: the workers run with `--max-batch` 1 and 2, so that the copies of a key in one
-    poll go to different lanes rather than into one transaction."""
+    A batch takes one lane per `--max-batch` records it holds, so the two members race their lanes
+    in the two ways a poll brings a key's copies together: one with `--max-batch 40` over the
+    backlog the crash left (a poll of up to 40 records from each partition, the copies' offsets
+    close together, three lanes), the other with `--max-batch 1` over the live feed (a chunk's
+    copies arrive in one poll, a lane each); the crashing worker with `--max-batch 2`."""
     stream = Stream(cluster.seed, keys=keys, prefix=f"e{cluster.seed}", cross=1.0, redeliver=0.1, reuse=0.1,
                     hostile=False, partitions=cluster.partitions, types=(("todo.create", 3), ("item.create", 1)))
     crashing = cluster.start("lanes-crash", "--db-connections", "3", failpoint="after_db_commit:1", batch=2)
@@ -1759,7 +1761,7 @@ def scenario_lanes_race(cluster, rng, keys=600, rate=120):
     feeder = cluster.feed(stream.records, rate=rate, chunk=3)
     if cluster.wait_exit(crashing, 120) is None:
         cluster.kill(crashing)
-    members = [cluster.start(f"l{i}", "--db-connections", "3", batch=1) for i in range(2)]
+    members = [cluster.start(f"l{i}", "--db-connections", "3", batch=batch) for i, batch in enumerate((40, 1))]
     for member in members:
         cluster.wait_assigned(member)
     feeder.finish()

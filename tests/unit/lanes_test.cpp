@@ -146,6 +146,64 @@ TEST(LanesTest, ABatchTakesOneLanePerTransactionItFills) {
       << "eight transactions' worth: every lane, each running two";
 }
 
+// Records of 400 bytes, one per partition.
+std::vector<InboundRecord> large_records(int count) {
+  std::vector<InboundRecord> records;
+  records.reserve(static_cast<std::size_t>(count));
+  for (int partition = 0; partition < count; ++partition) {
+    records.push_back(test::record({{"k", std::string(390, 'x')}}, {"commands", partition, 0}));
+    records.back().value->resize(400, ' ');
+  }
+  return records;
+}
+
+// A poll is cut at N batches' worth of records or at its byte limit, whichever comes first: large
+// commands fill it with few records, and a backlog of them must still take every lane.
+TEST(LanesTest, ABatchTakesALanePerNthOfThePollsByteLimitItFills) {
+  std::vector<RecordingLane> lanes(4);
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]}, /*max_per_transaction=*/100,
+              /*max_batch_bytes=*/4000);
+  const auto records = large_records(8);  // 3,200 bytes: four lanes' worth of 1,000, 8 records
+  ASSERT_EQ(laned.process(records).size(), 8U);
+  for (const auto& lane : lanes) EXPECT_EQ(lane.records_in_all, 2U);
+  std::vector<RecordingLane> small(4);
+  Lanes by_records({&small[0], &small[1], &small[2], &small[3]}, 100, 4000);
+  ASSERT_EQ(by_records.process(large_records(2)).size(), 2U);
+  EXPECT_EQ(small[0].records_in_all, 2U) << "800 bytes and 2 records: one lane's worth";
+  EXPECT_THROW(Lanes({&small[0]}, 1, 0), std::invalid_argument);
+}
+
+// Whole partitions can leave a lane more than a transaction's worth, which it would run after its
+// first while a lane stays free: a lane more is taken instead.
+TEST(LanesTest, NoLaneRunsTwoTransactionsInTurnWhileALaneIsFree) {
+  std::vector<InboundRecord> records;
+  std::int64_t offset = 0;
+  for (const auto& [partition, count] : std::vector<std::pair<int, int>>{{0, 8}, {1, 6}, {2, 6}}) {
+    for (int i = 0; i < count; ++i) records.push_back(test::record({{"k", offset}}, {"commands", partition, offset++}));
+  }
+  std::vector<RecordingLane> lanes(4);
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2], &lanes[3]}, /*max_per_transaction=*/10);
+  ASSERT_EQ(laned.process(records).size(), 20U);  // two transactions' worth: 8 | 6 + 6 on two lanes
+  std::vector<std::size_t> shares(lanes.size());
+  std::transform(lanes.begin(), lanes.end(), shares.begin(),
+                 [](const RecordingLane& lane) { return lane.records_in_all; });
+  EXPECT_EQ(shares, (std::vector<std::size_t>{8, 6, 6, 0}));
+}
+
+// At a moderate rate a batch takes one lane; the next batch starts one lane further, so that every
+// connection stays in use (a server or a NAT may close one left idle).
+TEST(LanesTest, TheFirstLaneRotatesFromBatchToBatch) {
+  std::vector<RecordingLane> lanes(3);
+  Lanes laned({&lanes[0], &lanes[1], &lanes[2]}, /*max_per_transaction=*/10);
+  for (int batch = 0; batch < 6; ++batch) ASSERT_EQ(laned.process(records_over(2, 1)).size(), 2U);
+  for (const auto& lane : lanes) EXPECT_EQ(lane.records_in_all, 4U) << "two one-lane batches each";
+  // A batch over several lanes starts at the next one too, and its results keep their order.
+  const auto records = records_over(3, 10);
+  const auto results = laned.process(records);
+  for (std::size_t i = 0; i < results.size(); ++i) EXPECT_EQ(results[i].error["offset"], records[i].source.offset);
+  for (const auto& lane : lanes) EXPECT_EQ(lane.records_in_all, 14U);
+}
+
 TEST(LanesTest, APermanentFailureWinsOverATransientOneAndEveryLaneFinishesFirst) {
   std::vector<RecordingLane> lanes(3);
   lanes[0].failure = std::make_exception_ptr(TransientDatabaseError("connection lost", "08006"));

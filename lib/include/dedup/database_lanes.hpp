@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
@@ -24,10 +25,12 @@ class DatabaseLanes final : public BatchProcessor {
   // what PostgresKeyStore's constructor throws. The catalog, clock and observer are borrowed and
   // must outlive this object; the observer is shared by the lanes' threads (it must be
   // thread-safe) and is also told of every failed database attempt. A lane's transactions hold at
-  // most `max_per_transaction` records (--max-batch: see Lanes).
+  // most `max_per_transaction` records (--max-batch); with `max_batch_bytes` (the poll's limit)
+  // it decides how many lanes a batch takes (see Lanes).
   DatabaseLanes(std::size_t count, const PostgresOptions& options, const CommandCatalog& catalog,
                 const Clock& clock, Observer& observer, const ParseOptions& parse_options,
-                std::size_t max_per_transaction);
+                std::size_t max_per_transaction,
+                std::size_t max_batch_bytes = std::numeric_limits<std::size_t>::max());
 
   std::vector<CommandResult> process(std::span<const InboundRecord> records) override {
     return lanes_.process(records);

@@ -1,12 +1,13 @@
 // `run --db-connections N`: up to N database transactions in flight at once. A batch is split by
-// partition over as many lanes as it fills transactions of `max_per_transaction` records, at most
-// N (assign()), each lane a Processor over its own key store (its own connection); the lanes run at
-// the same time and their results are put back in the batch's order.
+// partition over as many lanes as it fills transactions (lanes_for()), at most N (assign()), each
+// lane a Processor over its own key store (its own connection); the lanes run at the same time and
+// their results are put back in the batch's order.
 //
 // Why not always all N: a batch of 250 records spread over 4 lanes is 4 transactions, 4 commits and
-// 4 flushes of the WAL for the work of one. Under a backlog every poll fills all N; at a moderate
-// rate the spare lanes cost the machine CPU it would rather give to the tail (bench, 16 partitions,
-// 4 lanes at half the maximum rate on real Kafka: machine busy 0.88-0.90 spread, 0.76-0.79 packed).
+// 4 flushes of the WAL for the work of one. Under a backlog every poll fills all N (by records or
+// by bytes); at a moderate rate the spare lanes cost the machine CPU it would rather give to the
+// tail (bench, 16 partitions, 4 lanes at half the maximum rate on real Kafka: machine busy
+// 0.88-0.90 spread, 0.76-0.79 packed).
 //
 // Why this keeps exactly one effect: per-partition order holds (a partition's records all go to
 // one lane, in order), and two lanes racing for one key are two transactions racing for it, which
@@ -16,6 +17,7 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -30,9 +32,11 @@ class Lanes final : public BatchProcessor {
   // share must be thread-safe (Metrics, LoggingObserver and FanOutObserver are).
   // A lane's transactions hold at most `max_per_transaction` records (--max-batch, at least 1):
   // a lane gets whole partitions, so one partition that fills a poll of N batches' worth would
-  // otherwise be one transaction N times the size asked for. It also decides how many lanes a
-  // batch takes: one per `max_per_transaction` records it holds, up to all of them.
-  Lanes(std::vector<BatchProcessor*> lanes, std::size_t max_per_transaction);
+  // otherwise be one transaction N times the size asked for. With `max_batch_bytes` (the poll's
+  // limit on keys + values, WorkerOptions::max_batch_bytes) it decides how many lanes a batch
+  // takes: see lanes_for().
+  Lanes(std::vector<BatchProcessor*> lanes, std::size_t max_per_transaction,
+        std::size_t max_batch_bytes = std::numeric_limits<std::size_t>::max());
 
   // Results in input order. When lanes fail, rethrows after all of them have finished: a
   // PermanentDatabaseError or any other error before a TransientDatabaseError, so a retry is only
@@ -51,9 +55,15 @@ class Lanes final : public BatchProcessor {
   std::size_t transactions_per_batch() const noexcept override { return lanes_.size(); }
 
  private:
-  // How many lanes a batch of `records` takes: one per `max_per_transaction_` records (rounded up),
-  // at least one, at most all.
-  std::size_t lanes_for(std::size_t records) const noexcept;
+  // How many lanes a batch takes: one per `max_per_transaction_` records or per N-th of
+  // `max_batch_bytes_` (so that a poll cut by either limit, a backlog's, takes all N), whichever
+  // asks for more; at least one, at most N.
+  std::size_t lanes_for(std::span<const InboundRecord> records) const noexcept;
+
+  // The lane of each record (0 .. lanes taken - 1): assign() over lanes_for() lanes, and one lane
+  // more while whole partitions leave a lane more than a transaction's worth (it would run two in
+  // turn) and a lane is still free.
+  std::vector<std::size_t> route(std::span<const InboundRecord> records) const;
 
   // One lane's records in transactions of at most max_per_transaction_, in order. One that fails
   // fails the share after the ones before it committed: as with lanes, the retried batch replays
@@ -63,6 +73,11 @@ class Lanes final : public BatchProcessor {
 
   std::vector<BatchProcessor*> lanes_;
   std::size_t max_per_transaction_;
+  std::size_t max_batch_bytes_;
+  // Where a batch's lanes start, one further each batch: at a moderate rate a batch takes one
+  // lane, and without this the others' connections would sit idle for hours (a server's
+  // idle_session_timeout or a NAT would then drop them, to be found by the next burst).
+  std::size_t first_lane_ = 0;
 };
 
 }  // namespace dedup

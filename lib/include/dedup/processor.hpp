@@ -20,8 +20,8 @@ class BatchProcessor {
  public:
   virtual ~BatchProcessor() = default;
   virtual std::vector<CommandResult> process(std::span<const InboundRecord> records) = 0;
-  // How many transactions one process() call runs at once: the worker polls up to this many
-  // times --max-batch records, so that each transaction still gets a full batch.
+  // How many transactions one process() call runs at once at most: the worker polls up to this
+  // many times --max-batch records, so that each transaction still gets a full batch.
   virtual std::size_t transactions_per_batch() const noexcept { return 1; }
 };
 

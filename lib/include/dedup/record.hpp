@@ -3,6 +3,7 @@
 #pragma once
 
 #include <compare>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -50,6 +51,11 @@ struct InboundRecord {
   // The first header with this name, if any.
   const RecordHeader* find_header(std::string_view name) const {
     return dedup::find_header(headers, name);
+  }
+
+  // What a batch counts against its byte limit (WorkerOptions::max_batch_bytes): key + value.
+  std::size_t payload_bytes() const noexcept {
+    return (key ? key->size() : 0) + (value ? value->size() : 0);
   }
 };
 

@@ -32,10 +32,12 @@ bool is_transient(const std::exception_ptr& error) {
 
 }  // namespace
 
-Lanes::Lanes(std::vector<BatchProcessor*> lanes, std::size_t max_per_transaction)
-    : lanes_(std::move(lanes)), max_per_transaction_(max_per_transaction) {
+Lanes::Lanes(std::vector<BatchProcessor*> lanes, std::size_t max_per_transaction,
+             std::size_t max_batch_bytes)
+    : lanes_(std::move(lanes)), max_per_transaction_(max_per_transaction), max_batch_bytes_(max_batch_bytes) {
   if (lanes_.empty()) throw std::invalid_argument("Lanes: at least one lane");
   if (max_per_transaction_ == 0) throw std::invalid_argument("Lanes: at least one record per transaction");
+  if (max_batch_bytes_ == 0) throw std::invalid_argument("Lanes: at least one byte per batch");
   for (const BatchProcessor* lane : lanes_) {
     if (lane == nullptr) throw std::invalid_argument("Lanes: null lane");
   }
@@ -103,19 +105,36 @@ std::vector<CommandResult> Lanes::process_share(BatchProcessor& lane,
   return results;
 }
 
-std::size_t Lanes::lanes_for(std::size_t records) const noexcept {
-  const std::size_t filled = records / max_per_transaction_ + (records % max_per_transaction_ != 0 ? 1 : 0);
-  return std::clamp<std::size_t>(filled, 1, lanes_.size());
+std::size_t Lanes::lanes_for(std::span<const InboundRecord> records) const noexcept {
+  const auto rounded_up = [](std::size_t amount, std::size_t unit) { return amount / unit + (amount % unit != 0 ? 1 : 0); };
+  std::size_t bytes = 0;
+  for (const InboundRecord& record : records) bytes += record.payload_bytes();
+  const std::size_t bytes_per_lane = std::max<std::size_t>(1, max_batch_bytes_ / lanes_.size());
+  const std::size_t wanted =
+      std::max(rounded_up(records.size(), max_per_transaction_), rounded_up(bytes, bytes_per_lane));
+  return std::clamp<std::size_t>(wanted, 1, lanes_.size());
+}
+
+std::vector<std::size_t> Lanes::route(std::span<const InboundRecord> records) const {
+  std::size_t taken = lanes_for(records);
+  std::vector<std::size_t> lane_of_record = assign(records, taken);
+  while (taken < lanes_.size()) {
+    std::vector<std::size_t> load(taken, 0);
+    for (const std::size_t lane : lane_of_record) ++load[lane];
+    if (*std::max_element(load.begin(), load.end()) <= max_per_transaction_) break;
+    lane_of_record = assign(records, ++taken);
+  }
+  return lane_of_record;
 }
 
 std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records) {
-  const std::size_t used = lanes_for(records.size());
-  if (used == 1) return process_share(*lanes_[0], records);
+  const std::size_t first = std::exchange(first_lane_, (first_lane_ + 1) % lanes_.size());
+  if (lanes_for(records) == 1) return process_share(*lanes_[first], records);
 
   std::vector<Share> shares(lanes_.size());
-  const std::vector<std::size_t> lane_of_record = assign(records, used);
+  const std::vector<std::size_t> lane_of_record = route(records);
   for (std::size_t i = 0; i < records.size(); ++i) {
-    Share& share = shares[lane_of_record[i]];
+    Share& share = shares[(lane_of_record[i] + first) % lanes_.size()];
     share.records.push_back(records[i]);
     share.slots.push_back(i);
   }

@@ -10,11 +10,6 @@ namespace {
 // empty value and no headers still costs.
 constexpr std::size_t kRecordOverhead = 256;
 
-// What a batch counts against its byte limit: key + value.
-std::size_t record_bytes(const InboundRecord& record) noexcept {
-  return (record.key ? record.key->size() : 0) + (record.value ? record.value->size() : 0);
-}
-
 }  // namespace
 
 PartitionStash::PartitionStash(std::size_t per_partition) : per_partition_(per_partition) {
@@ -22,7 +17,7 @@ PartitionStash::PartitionStash(std::size_t per_partition) : per_partition_(per_p
 }
 
 std::size_t PartitionStash::memory_bytes(const InboundRecord& record) noexcept {
-  std::size_t total = kRecordOverhead + record_bytes(record) + record.source.topic.size();
+  std::size_t total = kRecordOverhead + record.payload_bytes() + record.source.topic.size();
   for (const RecordHeader& header : record.headers) {
     total += sizeof(RecordHeader) + header.name.size() + (header.value ? header.value->size() : 0);
   }
@@ -52,7 +47,7 @@ std::vector<InboundRecord> PartitionStash::take(std::size_t max_records, std::si
   // Moves up to `limit` records of `queue` into the batch; false once the batch is full.
   const auto take_from = [&](std::deque<Stashed>& queue, std::size_t limit) {
     for (std::size_t taken = 0; taken < limit && !queue.empty(); ++taken) {
-      const std::size_t size = record_bytes(queue.front().record);
+      const std::size_t size = queue.front().record.payload_bytes();
       if (batch.size() >= max_records || (!batch.empty() && total + size > max_bytes)) return false;
       const std::size_t memory = memory_bytes(queue.front().record);
       batch.push_back(std::move(queue.front().record));  // may throw: counters after it

@@ -4,8 +4,10 @@ namespace dedup {
 
 DatabaseLanes::DatabaseLanes(std::size_t count, const PostgresOptions& options,
                              const CommandCatalog& catalog, const Clock& clock, Observer& observer,
-                             const ParseOptions& parse_options, std::size_t max_per_transaction)
-    : lanes_(open(count, options, catalog, clock, observer, parse_options), max_per_transaction) {}
+                             const ParseOptions& parse_options, std::size_t max_per_transaction,
+                             std::size_t max_batch_bytes)
+    : lanes_(open(count, options, catalog, clock, observer, parse_options), max_per_transaction,
+             max_batch_bytes) {}
 
 std::vector<BatchProcessor*> DatabaseLanes::open(std::size_t count, const PostgresOptions& options,
                                                  const CommandCatalog& catalog, const Clock& clock,
