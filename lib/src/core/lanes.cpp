@@ -106,7 +106,9 @@ std::vector<CommandResult> Lanes::process_share(BatchProcessor& lane,
 }
 
 std::size_t Lanes::lanes_for(std::span<const InboundRecord> records) const noexcept {
-  const auto rounded_up = [](std::size_t amount, std::size_t unit) { return amount / unit + (amount % unit != 0 ? 1 : 0); };
+  const auto rounded_up = [](std::size_t amount, std::size_t unit) {
+    return amount / unit + (amount % unit != 0 ? 1 : 0);
+  };
   std::size_t bytes = 0;
   for (const InboundRecord& record : records) bytes += record.payload_bytes();
   const std::size_t bytes_per_lane = std::max<std::size_t>(1, max_batch_bytes_ / lanes_.size());
