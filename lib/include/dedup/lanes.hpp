@@ -60,10 +60,10 @@ class Lanes final : public BatchProcessor {
   // asks for more; at least one, at most N.
   std::size_t lanes_for(std::span<const InboundRecord> records) const noexcept;
 
-  // The lane of each record (0 .. lanes taken - 1): assign() over lanes_for() lanes, and one lane
-  // more while whole partitions leave a lane more than a transaction's worth (it would run two in
-  // turn) and a lane is still free.
-  std::vector<std::size_t> route(std::span<const InboundRecord> records) const;
+  // The lane of each record (0 .. lanes taken - 1): assign() over `taken` lanes (lanes_for()),
+  // and one lane more while whole partitions leave a lane more than a transaction's worth (it
+  // would run two in turn) and a lane is still free.
+  std::vector<std::size_t> route(std::span<const InboundRecord> records, std::size_t taken) const;
 
   // One lane's records in transactions of at most max_per_transaction_, in order. One that fails
   // fails the share after the ones before it committed: as with lanes, the retried batch replays

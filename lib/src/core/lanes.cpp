@@ -117,8 +117,7 @@ std::size_t Lanes::lanes_for(std::span<const InboundRecord> records) const noexc
   return std::clamp<std::size_t>(wanted, 1, lanes_.size());
 }
 
-std::vector<std::size_t> Lanes::route(std::span<const InboundRecord> records) const {
-  std::size_t taken = lanes_for(records);
+std::vector<std::size_t> Lanes::route(std::span<const InboundRecord> records, std::size_t taken) const {
   std::vector<std::size_t> lane_of_record = assign(records, taken);
   while (taken < lanes_.size()) {
     std::vector<std::size_t> load(taken, 0);
@@ -131,10 +130,11 @@ std::vector<std::size_t> Lanes::route(std::span<const InboundRecord> records) co
 
 std::vector<CommandResult> Lanes::process(std::span<const InboundRecord> records) {
   const std::size_t first = std::exchange(first_lane_, (first_lane_ + 1) % lanes_.size());
-  if (lanes_for(records) == 1) return process_share(*lanes_[first], records);
+  const std::size_t taken = lanes_for(records);
+  if (taken == 1) return process_share(*lanes_[first], records);
 
   std::vector<Share> shares(lanes_.size());
-  const std::vector<std::size_t> lane_of_record = route(records);
+  const std::vector<std::size_t> lane_of_record = route(records, taken);
   for (std::size_t i = 0; i < records.size(); ++i) {
     Share& share = shares[(lane_of_record[i] + first) % lanes_.size()];
     share.records.push_back(records[i]);
