@@ -236,10 +236,9 @@ TEST_F(KafkaClientTest, CooperativeRebalanceRevokesOnlyThePartitionsThatMove) {
 // serves the revocation first, because librdkafka 2.0.2's close can wait for ever when a
 // cooperative assignment arrives while it closes (librdkafka #4527; a CI run hung 120 s in the
 // destructors of the test above; not reproduced here in 60 tries).
-// With `owing`, close() also has an owed offset to commit (run --commit-interval) while the broker
-// is down: that commit must not hold it past its deadline either.
-// What close() finds besides its partitions: nothing, offsets owed, or a commit sent as the
-// broker went down (its answer may take minutes).
+// `pending`: what close() finds besides its partitions — nothing, offsets owed (run
+// --commit-interval), or a commit sent as the broker went down (its answer may take minutes);
+// neither commit may hold close() past its deadline.
 enum class Pending { nothing, owed_offsets, commit_on_its_way };
 
 void expect_close_serves_revocation_with_broker_down(MockCluster& cluster, KafkaSettings settings,
